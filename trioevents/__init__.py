@@ -1,0 +1,74 @@
+"""trioevents: nameko-style events on trio, over RabbitMQ or an embedded broker."""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    AccessRefused as AccessRefused,
+    AlreadySettled as AlreadySettled,
+    BrokerUnavailable as BrokerUnavailable,
+    ChannelClosedByBroker as ChannelClosedByBroker,
+    ConfigurationError as ConfigurationError,
+    ConnectionLost as ConnectionLost,
+    ConsumerCancelled as ConsumerCancelled,
+    EventHandlerConfigurationError as EventHandlerConfigurationError,
+    InvalidRequest as InvalidRequest,
+    LocalProtocolError as LocalProtocolError,
+    NotFound as NotFound,
+    PreconditionFailed as PreconditionFailed,
+    ProtocolError as ProtocolError,
+    PublishNotConfirmed as PublishNotConfirmed,
+    RemoteProtocolError as RemoteProtocolError,
+    ResourceLocked as ResourceLocked,
+    SerializationError as SerializationError,
+    TransportError as TransportError,
+    TrioEventsError as TrioEventsError,
+)
+from ._memory import MemoryTransport as MemoryTransport
+from ._message import (
+    Delivery as Delivery,
+    ExchangeType as ExchangeType,
+    Properties as Properties,
+    QueueDeclared as QueueDeclared,
+    Settlement as Settlement,
+)
+from ._version import __version__ as __version__
+
+__all__ = [
+    "AccessRefused",
+    "AlreadySettled",
+    "BrokerUnavailable",
+    "ChannelClosedByBroker",
+    "ConfigurationError",
+    "ConnectionLost",
+    "ConsumerCancelled",
+    "Delivery",
+    "EventHandlerConfigurationError",
+    "ExchangeType",
+    "InvalidRequest",
+    "LocalProtocolError",
+    "MemoryTransport",
+    "NotFound",
+    "PreconditionFailed",
+    "Properties",
+    "ProtocolError",
+    "PublishNotConfirmed",
+    "QueueDeclared",
+    "RemoteProtocolError",
+    "ResourceLocked",
+    "SerializationError",
+    "Settlement",
+    "TransportError",
+    "TrioEventsError",
+]
+
+
+def _fixup_module_metadata() -> None:
+    """Show public names as ``trioevents.X`` in tracebacks and docs (as trio does)."""
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("trioevents."):
+            obj.__module__ = "trioevents"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata
