@@ -1,0 +1,149 @@
+"""Behaviour of the embedded broker that the conformance suite cannot see."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import trio
+import trio.testing
+
+from trioevents import InvalidRequest, MemoryTransport
+from trioevents._memory import drop_broker, split_topic, topic_matches
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        ("a.b", "a.b", True),
+        ("a.b", "a.b.c", False),
+        ("*", "a", True),
+        ("*", "", False),
+        ("*", "a.b", False),
+        ("#", "", True),
+        ("#", "a.b.c", True),
+        ("a.#", "a", True),
+        ("a.#", "a.b.c", True),
+        ("a.#", "b.a", False),
+        ("#.a", "a", True),
+        ("#.a", "x.y.a", True),
+        ("a.*.#", "a", False),
+        ("a.*.#", "a.b", True),
+        ("a.*.#", "a.b.c.d", True),
+        ("#.#", "", True),
+        ("#.#", "a.b", True),
+        ("a.#.b", "a.b", True),
+        ("a.#.b", "a.x.y.b", True),
+        ("a.#.b", "a.x.y.c", False),
+        ("*.*", ".", True),
+        ("*", ".", False),
+        ("a..b", "a..b", True),
+        ("a.*.b", "a..b", True),
+        ("a.#", "a.", True),
+        ("", "", True),
+        ("", "a", False),
+        ("order_placed", "order_placed", True),
+        ("order.*", "order.placed", True),
+    ],
+)
+def test_topic_matching_follows_rabbitmq(pattern: str, key: str, expected: bool) -> None:
+    assert topic_matches(split_topic(pattern), split_topic(key)) is expected
+
+
+def test_empty_key_has_no_words() -> None:
+    assert split_topic("") == ()
+    assert split_topic(".") == ("", "")
+
+
+async def test_brokers_are_shared_by_name() -> None:
+    name = f"shared-{uuid.uuid4()}"
+    async with MemoryTransport(name).open_connection() as one:
+        await one.declare_queue("q")
+        await one.publish("", "q", b"hello")
+    async with MemoryTransport.from_uri(f"memory://{name}").open_connection() as two:
+        declared = await two.declare_queue("q", passive=True)
+        assert declared.message_count == 1
+    async with MemoryTransport(f"other-{uuid.uuid4()}").open_connection() as three:
+        await three.declare_queue("q")
+        assert (await three.declare_queue("q", passive=True)).message_count == 0
+    drop_broker(name)
+
+
+async def test_dropped_broker_starts_empty() -> None:
+    name = f"dropped-{uuid.uuid4()}"
+    async with MemoryTransport(name).open_connection() as conn:
+        await conn.declare_queue("q")
+    drop_broker(name)
+    async with MemoryTransport(name).open_connection() as conn:
+        declared = await conn.declare_queue("q")
+        assert declared.message_count == 0
+
+
+def test_from_uri_rejects_other_schemes() -> None:
+    with pytest.raises(InvalidRequest):
+        MemoryTransport.from_uri("amqp://localhost/")
+    assert MemoryTransport.from_uri("memory://").name == ""
+
+
+async def test_a_waiting_consumer_sleeps_until_a_message_comes() -> None:
+    """The broker never spins: a waiting consumer is blocked, not polling."""
+    async with MemoryTransport(f"idle-{uuid.uuid4()}").open_connection() as conn:
+        await conn.declare_queue("q")
+        got: list[bytes] = []
+        async with conn.open_consumer("q") as consumer:
+
+            async def take_one() -> None:
+                got.append((await consumer.receive()).body)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(take_one)
+                await trio.testing.wait_all_tasks_blocked()
+                assert got == []
+                await conn.publish("", "q", b"x")
+            assert got == [b"x"]
+
+
+async def test_cancelled_receive_loses_nothing() -> None:
+    async with MemoryTransport(f"cancel-{uuid.uuid4()}").open_connection() as conn:
+        await conn.declare_queue("q")
+        async with conn.open_consumer("q", prefetch_count=1) as consumer:
+            with trio.move_on_after(1):
+                await consumer.receive()
+            await conn.publish("", "q", b"kept")
+            delivery = await consumer.receive()
+            assert delivery.body == b"kept"
+            assert not delivery.redelivered
+            await delivery.ack()
+
+
+def test_ttl_survives_a_new_trio_run() -> None:
+    """A broker outlives trio runs; a message's remaining TTL is kept across them.
+
+    Time between two runs is not counted: each run has its own clock.
+    """
+    name = f"runs-{uuid.uuid4()}"
+    transport = MemoryTransport(name)
+
+    async def first() -> None:
+        async with transport.open_connection() as conn:
+            await conn.declare_queue("q", arguments={"x-message-ttl": 60_000})
+            await conn.publish("", "q", b"x")
+
+    async def second() -> int:
+        async with transport.open_connection() as conn:
+            return (await conn.declare_queue("q", passive=True)).message_count
+
+    async def later() -> int:
+        async with transport.open_connection() as conn:
+            await conn.declare_queue("q", passive=True)
+            await trio.sleep(61)
+            return (await conn.declare_queue("q", passive=True)).message_count
+
+    trio.run(first, clock=trio.testing.MockClock(rate=0, autojump_threshold=0))
+    # The new run's clock starts elsewhere; the message must neither expire at once
+    # nor live forever.
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock.jump(1_000_000)
+    assert trio.run(second, clock=clock) == 1
+    assert trio.run(later, clock=trio.testing.MockClock(autojump_threshold=0)) == 0
+    drop_broker(name)
