@@ -46,7 +46,9 @@ from trioevents._memory import drop_broker, split_topic, topic_matches
         ("order.*", "order.placed", True),
     ],
 )
-def test_topic_matching_follows_rabbitmq(pattern: str, key: str, expected: bool) -> None:
+def test_topic_matching_follows_rabbitmq(
+    pattern: str, key: str, expected: bool
+) -> None:
     assert topic_matches(split_topic(pattern), split_topic(key)) is expected
 
 

@@ -58,6 +58,7 @@ from ._validation import (
     check_routing_key,
     check_table,
     copy_table,
+    wire_timestamp,
 )
 
 if TYPE_CHECKING:
@@ -528,9 +529,9 @@ class _Broker:
         """Republish *msg* to *queue*'s dead-letter exchange, or drop it."""
         if queue.dlx is None:
             return
-        exchange = self.exchanges.get(queue.dlx)
-        if exchange is None:
-            return
+        exchange = self.exchanges.get(queue.dlx) if queue.dlx else None
+        if exchange is None and queue.dlx:
+            return  # RabbitMQ drops the message when the DLX does not exist
         props = msg.properties
         headers = copy_table(props.headers) if props.headers else {}
         routing_keys = [msg.routing_key]
@@ -559,10 +560,11 @@ class _Broker:
                 and entry.get("queue") == queue.name
                 and entry.get("reason") == reason
             ):
-                # The entry of this queue and reason moves to the front, counted.
+                # The entry of this queue and reason moves to the front; only its
+                # count changes (RabbitMQ keeps the first death's other fields).
                 matched = True
                 count = entry.get("count")
-                death["count"] = (count if isinstance(count, int) else 0) + 1
+                death = {**entry, "count": (count if isinstance(count, int) else 0) + 1}
             else:
                 others.append(entry)
         headers["x-death"] = [dict(sorted(death.items())), *others]
@@ -574,16 +576,18 @@ class _Broker:
         keys = [routing_key] if queue.dlrk is not None else routing_keys
         targets: dict[str, None] = {}
         for key in keys:
-            for name in exchange.route(key):
+            # The default exchange ("") routes by queue name.
+            for name in exchange.route(key) if exchange is not None else (key,):
                 targets[name] = None
         now = self._last_now
+        exchange_name = queue.dlx
         for name in targets:
             target = self.queues.get(name)
             if target is None:
                 continue
             if reason != "rejected" and self._is_cycle(name, headers["x-death"]):
                 continue
-            target.enqueue(exchange.name, routing_key, new_props, msg.body, now)
+            target.enqueue(exchange_name, routing_key, new_props, msg.body, now)
 
     @staticmethod
     def _is_cycle(queue: str, deaths: list[Any]) -> bool:
@@ -781,6 +785,11 @@ class MemoryConnection(abc.Connection):
                 ("durable", _flag(durable), _flag(existing.durable)),
                 ("auto_delete", _flag(auto_delete), _flag(existing.auto_delete)),
                 ("internal", _flag(internal), _flag(existing.internal)),
+                (
+                    "alternate-exchange",
+                    repr(args.get("alternate-exchange")),
+                    repr(existing.arguments.get("alternate-exchange")),
+                ),
             ):
                 if got != have:
                     raise PreconditionFailed(
@@ -795,10 +804,15 @@ class MemoryConnection(abc.Connection):
         check_name(name, "exchange name")
         await self._enter()
         broker = self._broker
-        if name == "" or name.startswith("amq."):
+        if name == "":
+            raise AccessRefused(
+                403, "ACCESS_REFUSED - operation not permitted on the default exchange"
+            )
+        if name.startswith("amq."):
             raise AccessRefused(
                 403,
-                f"ACCESS_REFUSED - deletion of system exchange '{name}' is not allowed",
+                f"ACCESS_REFUSED - deletion of system exchange '{name}' in vhost '/' "
+                "not allowed",
             )
         exchange = broker.exchanges.get(name)
         if exchange is not None:
@@ -964,10 +978,8 @@ class MemoryConnection(abc.Connection):
         props = check_properties(properties)
         if props.headers:
             props = attrs.evolve(props, headers=copy_table(props.headers))
-        if props.timestamp is not None and props.timestamp.microsecond:
-            props = attrs.evolve(
-                props, timestamp=props.timestamp.replace(microsecond=0)
-            )
+        if props.timestamp is not None:
+            props = attrs.evolve(props, timestamp=wire_timestamp(props.timestamp))
         now = await self._enter()
         broker = self._broker
         if exchange == "":

@@ -22,6 +22,8 @@ __all__ = [
     "check_properties",
     "check_routing_key",
     "check_table",
+    "copy_table",
+    "wire_timestamp",
 ]
 
 _SHORTSTR_MAX = 255
@@ -86,7 +88,7 @@ def _check_value(value: object, where: str, depth: int) -> None:
         if not _INT64[0] <= value <= _INT64[1]:
             raise InvalidRequest(f"{where}: integer {value} does not fit in 64 bits")
         return
-    if isinstance(value, datetime.datetime):
+    if isinstance(value, datetime.datetime | bytearray):
         return
     if isinstance(value, Mapping):
         check_table(value, where, depth + 1)
@@ -149,8 +151,21 @@ def check_properties(properties: object) -> Properties:
 _EMPTY = Properties()
 
 
+def wire_timestamp(value: datetime.datetime) -> datetime.datetime:
+    """Return *value* as AMQP carries it: UTC, whole seconds (naive means UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    elif value.utcoffset():
+        value = value.astimezone(datetime.UTC)
+    return value.replace(microsecond=0)
+
+
 def copy_table(table: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy a field table deeply enough that no receiver shares a container."""
+    """Copy a field table as it comes back from the wire.
+
+    Containers are copied so that no receiver shares one; tuples become lists,
+    ``bytearray`` becomes ``bytes`` and datetimes become UTC whole seconds.
+    """
     return {key: _copy_value(value) for key, value in table.items()}
 
 
@@ -159,4 +174,8 @@ def _copy_value(value: Any) -> Any:
         return copy_table(value)
     if isinstance(value, list | tuple):
         return [_copy_value(item) for item in value]
+    if isinstance(value, datetime.datetime):
+        return wire_timestamp(value)
+    if isinstance(value, bytearray):
+        return bytes(value)
     return value

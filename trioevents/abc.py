@@ -78,7 +78,7 @@ class Connection(abc.ABC):
         AccessRefused
             A name starting with ``amq.`` (reserved), unless *passive*.
         InvalidRequest
-            *type* is not an :class:`ExchangeType` or *name* is invalid.
+            *type* is not an :class:`~trioevents.ExchangeType` or *name* is invalid.
         """
 
     @abc.abstractmethod

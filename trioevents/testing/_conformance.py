@@ -1,0 +1,2498 @@
+"""The transport conformance suite: the rules every :class:`~trioevents.abc.Transport` keeps.
+
+Shaped like :func:`trio.testing.check_one_way_stream`: :func:`check_transport` runs
+every check against transports from a factory, and :data:`TRANSPORT_CHECKS` maps each
+check's name to its function so that a test module can run one test per check::
+
+    @pytest.mark.parametrize("name", TRANSPORT_CHECKS)
+    async def test_transport_conformance(name, make_transport):
+        await TRANSPORT_CHECKS[name](make_transport)
+
+Each check calls ``make_transport()`` once and opens its connections on that
+transport; it still gives its queues and exchanges unique names, so a broker shared
+between checks is fine. A check fails with :class:`AssertionError`, never hangs
+(each wait is bounded by :func:`trio.fail_after`), and waits with :func:`trio.sleep`
+only, so it runs in no time under ``autojump_clock`` on the embedded broker and in
+real time on RabbitMQ. The few time-dependent checks use TTLs of 100-300 ms and
+assert lower bounds only.
+
+Every expectation was measured on RabbitMQ 3.10.8. The surprising facts:
+
+* Redeclaring with another ``exclusive`` flag is 405 RESOURCE_LOCKED, not 406.
+  Unknown ``x-`` arguments are never compared; of an exchange's arguments only
+  ``alternate-exchange`` is. A passive declare ignores every flag and the type.
+* ``amq.topic`` redeclared with its own type and flags is fine; a *new* ``amq.``
+  name is 403. Every operation on the default exchange ``""``, even a passive
+  declare, is 403 "operation not permitted on the default exchange".
+* Deleting a missing exchange or queue and unbinding anything missing are no-ops;
+  purging a missing queue is 404.
+* ``message_count`` (declare, delete, purge) counts ready messages only; unacked
+  deliveries are neither counted nor purged.
+* Topic keys split on ``.``: ``""`` has no words (``*`` does not match it, ``#``
+  does) and ``"."`` is two empty words (``*.*`` matches it).
+* A requeued message goes back to its original position, ahead of later ones.
+* A dead-lettered message loses ``expiration`` (kept as ``original-expiration`` in
+  its ``x-death`` entry, whatever the reason); ``x-death`` is newest first, one
+  entry per (queue, reason) whose ``count`` grows while its other fields keep their
+  first values. There is no ``x-last-death-*`` before RabbitMQ 3.13.
+* ``x-overflow=reject-publish`` nacks without dead-lettering; ``reject-publish-dlx``
+  nacks and dead-letters (reason ``maxlen``). ``x-max-length-bytes`` counts bodies.
+* Header values keep their AMQP types exactly (``d`` doubles, ``x`` byte arrays,
+  ``D`` decimals, ``V`` void, ...); timestamps carry whole seconds only.
+* A message requeued after its TTL passed expires at once. Every declare of an
+  ``x-expires`` queue, passive ones too, renews its lease.
+* The default exchange works as a dead-letter exchange (with
+  ``x-dead-letter-routing-key`` naming the queue); a DLX that does not exist
+  drops the message silently.
+* RabbitMQ itself refuses ``expiration="abc"`` or ``"-5"`` and ``delivery_mode=3``
+  (406), and a ``user_id`` other than the connection's user (406), so the
+  round-trip check leaves ``user_id`` out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import functools
+import re
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import attrs
+import trio
+import trio.testing
+
+from .._exceptions import (
+    AccessRefused,
+    AlreadySettled,
+    ChannelClosedByBroker,
+    ConsumerCancelled,
+    InvalidRequest,
+    NotFound,
+    PreconditionFailed,
+    PublishNotConfirmed,
+    ResourceLocked,
+)
+from .._message import ExchangeType, Properties, Settlement
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from .._message import Delivery
+    from ..abc import Connection, Consumer, Transport
+
+    MakeTransport: TypeAlias = Callable[[], Transport]
+    TransportCheck: TypeAlias = Callable[[MakeTransport], Awaitable[None]]
+
+__all__ = ["TRANSPORT_CHECKS", "check_transport"]
+
+#: The longest any single wait in a check may take before the check fails.
+_WAIT = 10.0
+#: The longest a whole check may take.
+_CHECK_DEADLINE = 60.0
+#: How often a check looks again while it waits for the broker to act on its own.
+_POLL = 0.05
+#: The short TTL used by the time-dependent checks, in milliseconds.
+_TTL_MS = 200
+#: Matches the vhost part of a reply text: memory's broker name or RabbitMQ's vhost.
+_VHOST = r"in vhost '[^']*'"
+
+_CHECKS: dict[str, TransportCheck] = {}
+
+
+def _check(fn: TransportCheck) -> TransportCheck:
+    """Register *fn* as a check named after it, bounded by ``_CHECK_DEADLINE``."""
+    name = fn.__name__.removeprefix("check_")
+
+    @functools.wraps(fn)
+    async def bounded(make_transport: MakeTransport) -> None:
+        with trio.fail_after(_CHECK_DEADLINE):
+            await fn(make_transport)
+
+    _CHECKS[name] = bounded
+    return bounded
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _name(kind: str) -> str:
+    """Return a unique exchange or queue name."""
+    return f"conformance-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+async def _receive(consumer: Consumer) -> Delivery:
+    """Receive one delivery, failing the check if none comes."""
+    try:
+        with trio.fail_after(_WAIT):
+            return await consumer.receive()
+    except trio.TooSlowError:
+        raise AssertionError(
+            f"no delivery from {consumer.queue!r} within {_WAIT} s"
+        ) from None
+
+
+async def _receive_n(consumer: Consumer, count: int) -> list[Delivery]:
+    return [await _receive(consumer) for _ in range(count)]
+
+
+def _settlement(delivery: Delivery) -> Settlement | None:
+    return delivery.settled
+
+
+def _bodies(deliveries: list[Delivery]) -> list[bytes]:
+    return [delivery.body for delivery in deliveries]
+
+
+async def _drain(conn: Connection, queue: str) -> list[Delivery]:
+    """Return (acked) every message of *queue*, in order.
+
+    Publishes a marker through the default exchange and consumes up to it, so no
+    timing is involved: what came before the marker is all there was. Not for
+    queues whose TTL or length limit could drop the marker.
+    """
+    marker = f"conformance-marker-{uuid.uuid4().hex}".encode()
+    await conn.publish("", queue, marker)
+    got: list[Delivery] = []
+    async with conn.open_consumer(queue) as consumer:
+        while True:
+            delivery = await _receive(consumer)
+            await delivery.ack()
+            if delivery.body == marker:
+                return got
+            got.append(delivery)
+
+
+async def _message_count(conn: Connection, queue: str) -> int:
+    return (await conn.declare_queue(queue, passive=True)).message_count
+
+
+async def _wait_for_count(conn: Connection, queue: str, count: int) -> None:
+    """Wait until *queue* holds *count* ready messages (for TTL expiry)."""
+    try:
+        with trio.fail_after(_WAIT):
+            # The broker expires messages on its own: nothing to wait on but its state.
+            while await _message_count(conn, queue) != count:  # noqa: ASYNC110
+                await trio.sleep(_POLL)
+    except trio.TooSlowError:
+        raise AssertionError(
+            f"{queue!r} did not come to {count} messages within {_WAIT} s"
+        ) from None
+
+
+async def _wait_until_missing(probe: Callable[[], Awaitable[object]]) -> None:
+    """Wait until *probe* (a passive declare) raises :class:`NotFound`."""
+    try:
+        with trio.fail_after(_WAIT):
+            while True:
+                try:
+                    await probe()
+                except NotFound:
+                    return
+                await trio.sleep(_POLL)
+    except trio.TooSlowError:
+        raise AssertionError(f"still there after {_WAIT} s") from None
+
+
+async def _assert_usable(conn: Connection) -> None:
+    """Check that *conn* still declares, publishes, consumes and deletes."""
+    queue = (await conn.declare_queue(_name("usable"))).name
+    await conn.publish("", queue, b"still usable")
+    assert _bodies(await _drain(conn, queue)) == [b"still usable"], (
+        "the connection lost a message after an error"
+    )
+    assert await conn.delete_queue(queue) == 0
+
+
+async def _assert_refused(
+    conn: Connection,
+    error: type[ChannelClosedByBroker],
+    pattern: str,
+    operation: Callable[[], Awaitable[object]],
+) -> ChannelClosedByBroker:
+    """Check that *operation* raises *error* whose reply text matches *pattern*.
+
+    Then check that the connection is still usable.
+    """
+    caught: ChannelClosedByBroker | None = None
+    try:
+        await operation()
+    except ChannelClosedByBroker as exc:
+        caught = exc
+    if caught is None:
+        raise AssertionError(f"expected {error.__name__} matching {pattern!r}")
+    if not isinstance(caught, error):
+        raise AssertionError(
+            f"expected {error.__name__} ({error.code}), got {caught!r}"
+        ) from caught
+    assert caught.reply_code == error.code, (caught.reply_code, error.code)
+    assert re.match(pattern, caught.reply_text), (
+        f"reply text {caught.reply_text!r} does not match {pattern!r}"
+    )
+    await _assert_usable(conn)
+    return caught
+
+
+async def _assert_invalid(
+    conn: Connection, operation: Callable[[], Awaitable[object]]
+) -> None:
+    """Check that *operation* raises :class:`InvalidRequest`; *conn* stays usable."""
+    try:
+        await operation()
+    except InvalidRequest:
+        pass
+    else:
+        raise AssertionError("expected InvalidRequest")
+    await _assert_usable(conn)
+
+
+async def _consume_once(
+    conn: Connection, queue: str, *, exclusive: bool = False
+) -> None:
+    async with conn.open_consumer(queue, exclusive=exclusive):
+        pass
+
+
+def _not_found(kind: str, name: str) -> str:
+    return rf"NOT_FOUND - no {kind} '{re.escape(name)}' {_VHOST}$"
+
+
+def _inequivalent(arg: str, kind: str, name: str) -> str:
+    return (
+        rf"PRECONDITION_FAILED - inequivalent arg '{re.escape(arg)}' for {kind} "
+        rf"'{re.escape(name)}' {_VHOST}"
+    )
+
+
+def _locked(queue: str) -> str:
+    return (
+        rf"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue "
+        rf"'{re.escape(queue)}' {_VHOST}"
+    )
+
+
+def _reserved(kind: str, name: str) -> str:
+    return (
+        rf"ACCESS_REFUSED - {kind} name '{re.escape(name)}' contains reserved "
+        r"prefix 'amq\.\*'$"
+    )
+
+
+_DEFAULT_EXCHANGE = r"ACCESS_REFUSED - operation not permitted on the default exchange$"
+
+
+def _assert_same_value(path: str, expected: object, actual: object) -> None:
+    """Check that *actual* equals *expected* with the same types, recursively."""
+    if isinstance(expected, Mapping):
+        assert isinstance(actual, Mapping), f"{path}: expected a table, got {actual!r}"
+        assert set(actual) == set(expected), (
+            f"{path}: keys {sorted(actual)} != {sorted(expected)}"
+        )
+        for key, value in expected.items():
+            _assert_same_value(f"{path}[{key!r}]", value, actual[key])
+    elif isinstance(expected, list):
+        assert type(actual) is list, f"{path}: expected a list, got {actual!r}"
+        assert len(actual) == len(expected), f"{path}: {actual!r} != {expected!r}"
+        for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
+            _assert_same_value(f"{path}[{index}]", want, got)
+    else:
+        message = (
+            f"{path}: expected {expected!r} ({type(expected).__name__}), "
+            f"got {actual!r} ({type(actual).__name__})"
+        )
+        assert type(actual) is type(expected), message
+        assert actual == expected, message
+
+
+def _assert_properties(expected: Properties, actual: Properties) -> None:
+    for field in attrs.fields(Properties):
+        want = getattr(expected, field.name)
+        got = getattr(actual, field.name)
+        if field.name == "headers" and want is not None:
+            _assert_same_value("headers", want, got)
+        else:
+            assert got == want, f"property {field.name}: expected {want!r}, got {got!r}"
+
+
+def _assert_recent(path: str, value: object) -> None:
+    """Check that *value* is an aware datetime of whole seconds close to now."""
+    assert isinstance(value, datetime.datetime), f"{path}: {value!r} is not a datetime"
+    assert value.utcoffset() is not None, f"{path}: {value!r} is naive"
+    assert value.microsecond == 0, f"{path}: {value!r} has sub-second precision"
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs(now - value) < datetime.timedelta(hours=1), (
+        f"{path}: {value!r} is not the wall-clock time of the death ({now!r})"
+    )
+
+
+def _assert_x_death(
+    delivery: Delivery,
+    deaths: list[dict[str, object]],
+    *,
+    first: tuple[str, str, str],
+    other_headers: Mapping[str, object] | None = None,
+) -> None:
+    """Check a dead-lettered delivery's headers against RabbitMQ's shape.
+
+    Parameters
+    ----------
+    deaths
+        The expected ``x-death`` entries, newest first, without ``time``.
+    first
+        The expected ``(reason, queue, exchange)`` of ``x-first-death-*``.
+    other_headers
+        The headers the message had before it died, which are kept.
+    """
+    headers = delivery.properties.headers
+    assert headers is not None, "a dead-lettered message has no headers"
+    other = dict(other_headers or {})
+    expected_keys = {
+        *other,
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+    }
+    # RabbitMQ 3.13 added x-last-death-*; tolerate them so the suite holds there too.
+    last = {"x-last-death-reason", "x-last-death-queue", "x-last-death-exchange"}
+    assert expected_keys <= set(headers) <= expected_keys | last, (
+        f"dead-letter headers {sorted(headers)} != {sorted(expected_keys)}"
+    )
+    for key, value in other.items():
+        _assert_same_value(f"headers[{key!r}]", value, headers[key])
+    reason, queue, exchange = first
+    _assert_same_value("x-first-death-reason", reason, headers["x-first-death-reason"])
+    _assert_same_value("x-first-death-queue", queue, headers["x-first-death-queue"])
+    _assert_same_value(
+        "x-first-death-exchange", exchange, headers["x-first-death-exchange"]
+    )
+    if "x-last-death-reason" in headers:
+        newest = deaths[0]
+        assert headers["x-last-death-reason"] == newest["reason"]
+        assert headers["x-last-death-queue"] == newest["queue"]
+        assert headers["x-last-death-exchange"] == newest["exchange"]
+    x_death = headers["x-death"]
+    assert type(x_death) is list, f"x-death is not a list: {x_death!r}"
+    assert len(x_death) == len(deaths), f"x-death {x_death!r} != {deaths!r}"
+    for index, (want, got) in enumerate(zip(deaths, x_death, strict=True)):
+        path = f"x-death[{index}]"
+        assert isinstance(got, Mapping), f"{path} is not a table: {got!r}"
+        _assert_same_value(path, want, {k: v for k, v in got.items() if k != "time"})
+        assert "time" in got, f"{path} has no time"
+        _assert_recent(f"{path}['time']", got["time"])
+
+
+def _death(
+    reason: str,
+    queue: str,
+    exchange: str,
+    routing_keys: list[str],
+    *,
+    count: int = 1,
+    original_expiration: str | None = None,
+) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "count": count,
+        "reason": reason,
+        "queue": queue,
+        "exchange": exchange,
+        "routing-keys": routing_keys,
+    }
+    if original_expiration is not None:
+        entry["original-expiration"] = original_expiration
+    return entry
+
+
+async def _dead_letter_target(
+    conn: Connection, exchange_type: ExchangeType = ExchangeType.FANOUT
+) -> tuple[str, str]:
+    """Declare a dead-letter exchange and a queue bound to all it routes."""
+    dlx = _name("dlx")
+    dlq = _name("dlq")
+    await conn.declare_exchange(dlx, exchange_type)
+    await conn.declare_queue(dlq)
+    await conn.bind_queue(dlq, dlx, "#" if exchange_type is ExchangeType.TOPIC else "")
+    return dlx, dlq
+
+
+# --------------------------------------------------------------------------- exchanges
+
+
+@_check
+async def check_exchange_declare_every_type_and_flag(
+    make_transport: MakeTransport,
+) -> None:
+    """Exchanges of each type and flag set declare, redeclare the same, and exist."""
+    async with make_transport().open_connection() as conn:
+        for exchange_type in ExchangeType:
+            for flags in (
+                {},
+                {"durable": True},
+                {"auto_delete": True},
+                {"internal": True},
+                {"durable": True, "auto_delete": True, "internal": True},
+            ):
+                name = _name(f"x-{exchange_type.value}")
+                await conn.declare_exchange(
+                    name, exchange_type, arguments={"x-conformance": 1}, **flags
+                )
+                await conn.declare_exchange(
+                    name, exchange_type, arguments={"x-conformance": 1}, **flags
+                )
+                await conn.declare_exchange(name, passive=True)
+                await conn.delete_exchange(name)
+                await _assert_refused(
+                    conn,
+                    NotFound,
+                    _not_found("exchange", name),
+                    functools.partial(conn.declare_exchange, name, passive=True),
+                )
+
+
+@_check
+async def check_exchange_redeclare_with_other_flags_fails(
+    make_transport: MakeTransport,
+) -> None:
+    """A redeclare with another type, durable, auto_delete or internal is 406."""
+    async with make_transport().open_connection() as conn:
+        name = _name("x")
+        await conn.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("type", "exchange", name),
+            lambda: conn.declare_exchange(name, ExchangeType.DIRECT, durable=True),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("durable", "exchange", name),
+            lambda: conn.declare_exchange(name, ExchangeType.TOPIC),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("auto_delete", "exchange", name),
+            lambda: conn.declare_exchange(
+                name, ExchangeType.TOPIC, durable=True, auto_delete=True
+            ),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("internal", "exchange", name),
+            lambda: conn.declare_exchange(
+                name, ExchangeType.TOPIC, durable=True, internal=True
+            ),
+        )
+        # The exchange is unchanged by the refused redeclares.
+        await conn.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+
+
+@_check
+async def check_exchange_redeclare_compares_only_alternate_exchange(
+    make_transport: MakeTransport,
+) -> None:
+    """Exchange arguments are not compared on redeclare, except ``alternate-exchange``."""
+    async with make_transport().open_connection() as conn:
+        name = _name("x")
+        await conn.declare_exchange(
+            name, ExchangeType.FANOUT, arguments={"x-conformance": 1}
+        )
+        await conn.declare_exchange(name, ExchangeType.FANOUT)
+        await conn.declare_exchange(
+            name, ExchangeType.FANOUT, arguments={"x-conformance": 2}
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("alternate-exchange", "exchange", name),
+            lambda: conn.declare_exchange(
+                name, ExchangeType.FANOUT, arguments={"alternate-exchange": "other"}
+            ),
+        )
+
+
+@_check
+async def check_exchange_passive_declare(make_transport: MakeTransport) -> None:
+    """A passive declare finds an exchange whatever flags it names; else 404."""
+    async with make_transport().open_connection() as conn:
+        missing = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", missing),
+            lambda: conn.declare_exchange(missing, passive=True),
+        )
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", "amq.conformance-missing"),
+            lambda: conn.declare_exchange("amq.conformance-missing", passive=True),
+        )
+        # Passive declares do not create anything.
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", missing),
+            lambda: conn.declare_exchange(missing, passive=True),
+        )
+        name = _name("x")
+        await conn.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+        await conn.declare_exchange(name, ExchangeType.DIRECT, passive=True)
+        await conn.declare_exchange(
+            name, ExchangeType.FANOUT, auto_delete=True, internal=True, passive=True
+        )
+        await conn.declare_exchange(name, ExchangeType.TOPIC, durable=True)
+
+
+@_check
+async def check_reserved_amq_names_are_refused(make_transport: MakeTransport) -> None:
+    """New ``amq.`` exchanges and queues are 403; system exchanges cannot go."""
+    async with make_transport().open_connection() as conn:
+        exchange = f"amq.{_name('x')}"
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _reserved("exchange", exchange),
+            lambda: conn.declare_exchange(exchange, ExchangeType.TOPIC),
+        )
+        queue = f"amq.{_name('q')}"
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _reserved("queue", queue),
+            lambda: conn.declare_queue(queue),
+        )
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", queue),
+            lambda: conn.declare_queue(queue, passive=True),
+        )
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            rf"ACCESS_REFUSED - deletion of system exchange 'amq\.direct' {_VHOST} "
+            r"not allowed$",
+            lambda: conn.delete_exchange("amq.direct"),
+        )
+        # The prefix is case-sensitive.
+        upper = f"AMQ.{_name('q')}"
+        assert (await conn.declare_queue(upper)).name == upper
+        assert await conn.delete_queue(upper) == 0
+
+
+@_check
+async def check_standard_exchanges_exist(make_transport: MakeTransport) -> None:
+    """``amq.direct``, ``amq.fanout`` and ``amq.topic`` exist, durable, and route."""
+    async with make_transport().open_connection() as conn:
+        for name, exchange_type in (
+            ("amq.direct", ExchangeType.DIRECT),
+            ("amq.fanout", ExchangeType.FANOUT),
+            ("amq.topic", ExchangeType.TOPIC),
+        ):
+            await conn.declare_exchange(name, passive=True)
+            # Redeclaring a system exchange as it is is allowed ...
+            await conn.declare_exchange(name, exchange_type, durable=True)
+            # ... with other flags it is the usual 406.
+            await _assert_refused(
+                conn,
+                PreconditionFailed,
+                _inequivalent("durable", "exchange", name),
+                functools.partial(conn.declare_exchange, name, exchange_type),
+            )
+        queue = (await conn.declare_queue(_name("q"))).name
+        key = f"{queue}.#"
+        await conn.bind_queue(queue, "amq.topic", key)
+        await conn.publish("amq.topic", f"{queue}.event", b"via amq.topic")
+        delivered = await _drain(conn, queue)
+        assert _bodies(delivered) == [b"via amq.topic"]
+        assert delivered[0].exchange == "amq.topic"
+        await conn.unbind_queue(queue, "amq.topic", key)
+        await conn.delete_queue(queue)
+
+
+@_check
+async def check_default_exchange_cannot_be_changed(
+    make_transport: MakeTransport,
+) -> None:
+    """Declaring, deleting, binding to or unbinding from ``""`` is 403."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _DEFAULT_EXCHANGE,
+            lambda: conn.declare_exchange("", ExchangeType.DIRECT, durable=True),
+        )
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _DEFAULT_EXCHANGE,
+            lambda: conn.declare_exchange("", passive=True),
+        )
+        await _assert_refused(
+            conn, AccessRefused, _DEFAULT_EXCHANGE, lambda: conn.delete_exchange("")
+        )
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _DEFAULT_EXCHANGE,
+            lambda: conn.bind_queue(queue, "", "other-key"),
+        )
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            _DEFAULT_EXCHANGE,
+            lambda: conn.unbind_queue(queue, "", queue),
+        )
+        # Still routes by queue name.
+        await conn.publish("", queue, b"direct to queue")
+        assert _bodies(await _drain(conn, queue)) == [b"direct to queue"]
+
+
+@_check
+async def check_internal_exchange_refuses_publishes(
+    make_transport: MakeTransport,
+) -> None:
+    """Publishing to an internal exchange is 403 and delivers nothing."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("internal")
+        await conn.declare_exchange(exchange, ExchangeType.FANOUT, internal=True)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange)
+        await _assert_refused(
+            conn,
+            AccessRefused,
+            rf"ACCESS_REFUSED - cannot publish to internal exchange "
+            rf"'{re.escape(exchange)}' {_VHOST}$",
+            lambda: conn.publish(exchange, "", b"refused"),
+        )
+        assert await _drain(conn, queue) == []
+
+
+@_check
+async def check_auto_delete_exchange_goes_with_its_last_binding(
+    make_transport: MakeTransport,
+) -> None:
+    """An auto-delete exchange lives until its last binding goes, not before."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT, auto_delete=True)
+        # Never bound: it stays.
+        await conn.declare_exchange(exchange, passive=True)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange, "one")
+        await conn.bind_queue(queue, exchange, "two")
+        await conn.unbind_queue(queue, exchange, "one")
+        await conn.declare_exchange(exchange, passive=True)
+        await conn.unbind_queue(queue, exchange, "two")
+        await _wait_until_missing(lambda: conn.declare_exchange(exchange, passive=True))
+        await _assert_usable(conn)
+
+        # Deleting the bound queue removes the last binding too.
+        other = _name("x")
+        await conn.declare_exchange(other, ExchangeType.FANOUT, auto_delete=True)
+        await conn.bind_queue(queue, other)
+        await conn.delete_queue(queue)
+        await _wait_until_missing(lambda: conn.declare_exchange(other, passive=True))
+        await _assert_usable(conn)
+
+
+@_check
+async def check_delete_exchange(make_transport: MakeTransport) -> None:
+    """Delete removes an exchange and its bindings; if_unused is 406; missing is fine."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange, "k")
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            rf"PRECONDITION_FAILED - exchange '{re.escape(exchange)}' {_VHOST} in use$",
+            lambda: conn.delete_exchange(exchange, if_unused=True),
+        )
+        await conn.declare_exchange(exchange, passive=True)
+        await conn.publish(exchange, "k", b"still bound")
+        assert _bodies(await _drain(conn, queue)) == [b"still bound"]
+
+        await conn.delete_exchange(exchange)
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", exchange),
+            lambda: conn.declare_exchange(exchange, passive=True),
+        )
+        # The bindings went with it: a new exchange of the same name routes nowhere.
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        await conn.publish(exchange, "k", b"unbound")
+        assert await _drain(conn, queue) == []
+        # Unused now, so if_unused deletes it.
+        await conn.delete_exchange(exchange, if_unused=True)
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", exchange),
+            lambda: conn.declare_exchange(exchange, passive=True),
+        )
+        # Deleting what is not there is not an error.
+        await conn.delete_exchange(exchange)
+        await conn.delete_exchange(_name("missing"), if_unused=True)
+        await _assert_usable(conn)
+
+
+# --------------------------------------------------------------------------- queues
+
+
+@_check
+async def check_queue_declare_reports_counts(make_transport: MakeTransport) -> None:
+    """Declare answers the name, the ready messages and the consumers."""
+    async with make_transport().open_connection() as conn:
+        name = _name("q")
+        declared = await conn.declare_queue(name)
+        assert (declared.name, declared.message_count, declared.consumer_count) == (
+            name,
+            0,
+            0,
+        )
+        for index in range(3):
+            await conn.publish("", name, b"%d" % index)
+        again = await conn.declare_queue(name)
+        assert (again.name, again.message_count, again.consumer_count) == (name, 3, 0)
+        async with conn.open_consumer(name, prefetch_count=1) as first:
+            async with conn.open_consumer(name, prefetch_count=1) as second:
+                held_first = await _receive(first)
+                held_second = await _receive(second)
+                # Unacked deliveries are not counted as messages.
+                passive = await conn.declare_queue(name, passive=True)
+                assert (
+                    passive.name,
+                    passive.message_count,
+                    passive.consumer_count,
+                ) == (
+                    name,
+                    1,
+                    2,
+                ), passive
+                await held_first.ack()
+                await (await _receive(first)).ack()
+                await held_second.ack()
+        after = await conn.declare_queue(name, passive=True)
+        assert (after.message_count, after.consumer_count) == (0, 0), after
+
+
+@_check
+async def check_queue_passive_declare(make_transport: MakeTransport) -> None:
+    """A passive declare finds a queue whatever flags it names; else 404."""
+    async with make_transport().open_connection() as conn:
+        missing = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", missing),
+            lambda: conn.declare_queue(missing, passive=True),
+        )
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", missing),
+            lambda: conn.declare_queue(missing, passive=True),
+        )
+        name = _name("q")
+        await conn.declare_queue(name, durable=True, arguments={"x-max-length": 10})
+        await conn.publish("", name, b"one")
+        passive = await conn.declare_queue(
+            name, auto_delete=True, arguments={"x-max-length": 1}, passive=True
+        )
+        assert (passive.name, passive.message_count) == (name, 1)
+        # The flags a passive declare names changed nothing.
+        await conn.declare_queue(name, durable=True, arguments={"x-max-length": 10})
+
+
+@_check
+async def check_queue_redeclare_with_other_flags_fails(
+    make_transport: MakeTransport,
+) -> None:
+    """A redeclare with other flags or arguments is 406; other ``exclusive`` is 405."""
+    async with make_transport().open_connection() as conn:
+        dlx = _name("dlx")
+        name = _name("q")
+        arguments = {"x-message-ttl": 60_000, "x-dead-letter-exchange": dlx}
+        await conn.declare_queue(name, durable=True, arguments=arguments)
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("durable", "queue", name),
+            lambda: conn.declare_queue(name, arguments=arguments),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("auto_delete", "queue", name),
+            lambda: conn.declare_queue(
+                name, durable=True, auto_delete=True, arguments=arguments
+            ),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("x-message-ttl", "queue", name),
+            lambda: conn.declare_queue(
+                name, durable=True, arguments={"x-dead-letter-exchange": dlx}
+            ),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("x-message-ttl", "queue", name),
+            lambda: conn.declare_queue(
+                name, durable=True, arguments={**arguments, "x-message-ttl": 30_000}
+            ),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("x-dead-letter-exchange", "queue", name),
+            lambda: conn.declare_queue(
+                name,
+                durable=True,
+                arguments={**arguments, "x-dead-letter-exchange": _name("other")},
+            ),
+        )
+        await _assert_refused(
+            conn,
+            PreconditionFailed,
+            _inequivalent("x-max-length", "queue", name),
+            lambda: conn.declare_queue(
+                name, durable=True, arguments={**arguments, "x-max-length": 5}
+            ),
+        )
+        await _assert_refused(
+            conn,
+            ResourceLocked,
+            _locked(name),
+            lambda: conn.declare_queue(
+                name, durable=True, exclusive=True, arguments=arguments
+            ),
+        )
+        # Unknown arguments are not compared.
+        await conn.declare_queue(
+            name, durable=True, arguments={**arguments, "x-conformance": "anything"}
+        )
+        await conn.declare_queue(name, durable=True, arguments=arguments)
+
+
+@_check
+async def check_server_named_queues(make_transport: MakeTransport) -> None:
+    """Declaring ``""`` makes a new queue named ``amq.gen-...`` that works."""
+    async with make_transport().open_connection() as conn:
+        first = await conn.declare_queue("", exclusive=True)
+        second = await conn.declare_queue("")
+        assert first.name.startswith("amq.gen-"), first.name
+        assert second.name.startswith("amq.gen-"), second.name
+        assert first.name != second.name
+        assert (first.message_count, first.consumer_count) == (0, 0)
+        passive = await conn.declare_queue(second.name, passive=True)
+        assert passive.name == second.name
+        await conn.publish("", first.name, b"to the server-named queue")
+        assert _bodies(await _drain(conn, first.name)) == [b"to the server-named queue"]
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.FANOUT)
+        await conn.bind_queue(second.name, exchange)
+        await conn.publish(exchange, "", b"bound")
+        assert _bodies(await _drain(conn, second.name)) == [b"bound"]
+        assert await conn.delete_queue(second.name) == 0
+
+
+@_check
+async def check_delete_queue(make_transport: MakeTransport) -> None:
+    """Delete returns the ready messages; if_unused / if_empty are 406; missing is 0."""
+    async with make_transport().open_connection() as conn:
+        name = _name("q")
+        await conn.declare_queue(name)
+        for index in range(4):
+            await conn.publish("", name, b"%d" % index)
+        async with conn.open_consumer(name, prefetch_count=1) as consumer:
+            held = await _receive(consumer)
+            await _assert_refused(
+                conn,
+                PreconditionFailed,
+                rf"PRECONDITION_FAILED - queue '{re.escape(name)}' {_VHOST} in use$",
+                lambda: conn.delete_queue(name, if_unused=True),
+            )
+            await _assert_refused(
+                conn,
+                PreconditionFailed,
+                rf"PRECONDITION_FAILED - queue '{re.escape(name)}' {_VHOST} not empty$",
+                lambda: conn.delete_queue(name, if_empty=True),
+            )
+            assert await _message_count(conn, name) == 3
+            # The unacked delivery is not counted.
+            assert await conn.delete_queue(name) == 3
+            await _assert_refused(
+                conn,
+                NotFound,
+                _not_found("queue", name),
+                lambda: conn.declare_queue(name, passive=True),
+            )
+            assert held.body == b"0"
+        # Missing queues delete fine, with any flags.
+        assert await conn.delete_queue(name) == 0
+        assert await conn.delete_queue(_name("missing"), if_unused=True) == 0
+        # An empty queue without consumers passes both conditions.
+        empty = _name("q")
+        await conn.declare_queue(empty)
+        assert await conn.delete_queue(empty, if_unused=True, if_empty=True) == 0
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", empty),
+            lambda: conn.declare_queue(empty, passive=True),
+        )
+
+
+@_check
+async def check_purge_queue(make_transport: MakeTransport) -> None:
+    """Purge drops and counts the ready messages only; a missing queue is 404."""
+    async with make_transport().open_connection() as conn:
+        name = _name("q")
+        await conn.declare_queue(name)
+        assert await conn.purge_queue(name) == 0
+        for index in range(4):
+            await conn.publish("", name, b"%d" % index)
+        async with conn.open_consumer(name, prefetch_count=1) as consumer:
+            held = await _receive(consumer)
+            assert await conn.purge_queue(name) == 3
+            assert await _message_count(conn, name) == 0
+            # The unacked delivery survived the purge and can come back.
+            await held.nack(requeue=True)
+            back = await _receive(consumer)
+            assert (back.body, back.redelivered) == (b"0", True)
+            await back.ack()
+        assert await _message_count(conn, name) == 0
+        missing = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", missing),
+            lambda: conn.purge_queue(missing),
+        )
+
+
+@_check
+async def check_auto_delete_queue_goes_with_its_last_consumer(
+    make_transport: MakeTransport,
+) -> None:
+    """An auto-delete queue goes when its last consumer leaves, not before."""
+    async with make_transport().open_connection() as conn:
+        name = _name("q")
+        await conn.declare_queue(name, auto_delete=True)
+        # Never consumed: it stays.
+        await conn.declare_queue(name, passive=True)
+        async with conn.open_consumer(name):
+            async with conn.open_consumer(name):
+                pass
+            assert (await conn.declare_queue(name, passive=True)).consumer_count == 1
+        await _wait_until_missing(lambda: conn.declare_queue(name, passive=True))
+        await _assert_usable(conn)
+
+        # Cancelling the last consumer is leaving too.
+        other = _name("q")
+        await conn.declare_queue(other, auto_delete=True)
+        async with conn.open_consumer(other) as consumer:
+            await consumer.cancel()
+            await _wait_until_missing(lambda: conn.declare_queue(other, passive=True))
+        await _assert_usable(conn)
+
+
+@_check
+async def check_exclusive_queue_belongs_to_its_connection(
+    make_transport: MakeTransport,
+) -> None:
+    """Other connections get 405 for an exclusive queue, which dies with its owner."""
+    transport = make_transport()
+    async with transport.open_connection() as other:
+        async with transport.open_connection() as owner:
+            name = _name("q")
+            await owner.declare_queue(name, exclusive=True)
+            exchange = _name("x")
+            await owner.declare_exchange(exchange, ExchangeType.FANOUT)
+            locked = _locked(name)
+            await _assert_refused(
+                other,
+                ResourceLocked,
+                locked,
+                lambda: other.declare_queue(name, passive=True),
+            )
+            await _assert_refused(
+                other,
+                ResourceLocked,
+                locked,
+                lambda: other.declare_queue(name, exclusive=True),
+            )
+            await _assert_refused(
+                other, ResourceLocked, locked, lambda: other.declare_queue(name)
+            )
+            await _assert_refused(
+                other,
+                ResourceLocked,
+                locked,
+                lambda: other.bind_queue(name, exchange),
+            )
+            await _assert_refused(
+                other, ResourceLocked, locked, lambda: other.purge_queue(name)
+            )
+            await _assert_refused(
+                other, ResourceLocked, locked, lambda: other.delete_queue(name)
+            )
+            await _assert_refused(
+                other, ResourceLocked, locked, lambda: _consume_once(other, name)
+            )
+            # Publishing to it is anyone's right.
+            await other.publish("", name, b"from another connection")
+            assert _bodies(await _drain(owner, name)) == [b"from another connection"]
+            await owner.declare_queue(name, exclusive=True)
+        await _wait_until_missing(lambda: other.declare_queue(name, passive=True))
+        await _assert_usable(other)
+
+
+@_check
+async def check_deleting_a_consumed_queue_cancels_its_consumers(
+    make_transport: MakeTransport,
+) -> None:
+    """Deleting a queue makes its consumers' receive raise ConsumerCancelled."""
+    transport = make_transport()
+    async with (
+        transport.open_connection() as conn,
+        transport.open_connection() as other,
+    ):
+        name = _name("q")
+        await conn.declare_queue(name)
+        cancelled: list[ConsumerCancelled] = []
+        async with conn.open_consumer(name) as consumer:
+
+            async def wait_for_delivery() -> None:
+                try:
+                    with trio.fail_after(_WAIT):
+                        delivery = await consumer.receive()
+                except ConsumerCancelled as exc:
+                    cancelled.append(exc)
+                else:
+                    raise AssertionError(f"got {delivery!r} from a deleted queue")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_delivery)
+                await trio.testing.wait_all_tasks_blocked()
+                assert await other.delete_queue(name) == 0
+            assert len(cancelled) == 1
+            # It stays cancelled.
+            try:
+                with trio.fail_after(_WAIT):
+                    await consumer.receive()
+            except ConsumerCancelled:
+                pass
+            else:
+                raise AssertionError("a cancelled consumer received a delivery")
+        await _assert_usable(conn)
+
+        # Deleted by the consumer's own connection, with a message held.
+        name = _name("q")
+        await conn.declare_queue(name)
+        await conn.publish("", name, b"held")
+        async with conn.open_consumer(name, prefetch_count=1) as consumer:
+            held = await _receive(consumer)
+            assert held.body == b"held"
+            assert await conn.delete_queue(name) == 0
+            try:
+                with trio.fail_after(_WAIT):
+                    await consumer.receive()
+            except ConsumerCancelled:
+                pass
+            else:
+                raise AssertionError("a cancelled consumer received a delivery")
+        await _assert_usable(conn)
+        await _assert_usable(other)
+
+
+@_check
+async def check_queue_expires_when_unused(make_transport: MakeTransport) -> None:
+    """A queue with ``x-expires`` is deleted once unused for that long."""
+    async with make_transport().open_connection() as conn:
+        name = _name("q")
+        start = trio.current_time()
+        await conn.declare_queue(name, arguments={"x-expires": _TTL_MS})
+        # Every declare, passive too, renews the lease on RabbitMQ: look less often
+        # than the lease lasts.
+        with trio.fail_after(_WAIT):
+            while True:
+                await trio.sleep(2 * _TTL_MS / 1000)
+                try:
+                    await conn.declare_queue(name, passive=True)
+                except NotFound:
+                    break
+        assert trio.current_time() - start >= _TTL_MS / 2000, "expired too early"
+        await _assert_usable(conn)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+@_check
+async def check_bind_and_unbind_with_routing_keys(
+    make_transport: MakeTransport,
+) -> None:
+    """Bindings route by key, bind twice is once, unbind stops; missing ends are 404."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange, "k1")
+        await conn.bind_queue(queue, exchange, "k2")
+        await conn.bind_queue(queue, exchange, "k1")
+        for key in ("k1", "k2", "k3"):
+            await conn.publish(exchange, key, key.encode())
+        assert _bodies(await _drain(conn, queue)) == [b"k1", b"k2"]
+        await conn.unbind_queue(queue, exchange, "k1")
+        for key in ("k1", "k2"):
+            await conn.publish(exchange, key, key.encode())
+        assert _bodies(await _drain(conn, queue)) == [b"k2"]
+        # Unbinding what is not bound is not an error.
+        await conn.unbind_queue(queue, exchange, "k1")
+        await conn.unbind_queue(queue, exchange, "never-bound")
+        await conn.unbind_queue(_name("missing"), exchange, "k2")
+        await conn.unbind_queue(queue, _name("missing"), "k2")
+        missing_exchange = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", missing_exchange),
+            lambda: conn.bind_queue(queue, missing_exchange, "k"),
+        )
+        missing_queue = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", missing_queue),
+            lambda: conn.bind_queue(missing_queue, exchange, "k"),
+        )
+        await conn.publish(exchange, "k2", b"k2 again")
+        assert _bodies(await _drain(conn, queue)) == [b"k2 again"]
+
+
+#: Routing keys published in :func:`check_topic_routing_matches_rabbitmq`.
+_TOPIC_KEYS = (
+    "", "a", "b", "a.b", "b.a", "a.a", "a.b.c", "a.c.b", "a.b.c.b", "a..b", ".",
+    "..", "a.", ".a", "a*", "ab", "A", "a.b.b.c", "a#", "#",
+)  # fmt: skip
+
+#: Which of :data:`_TOPIC_KEYS` each binding key matches, as measured on RabbitMQ.
+_TOPIC_MATCHES: dict[str, tuple[str, ...]] = {
+    "#": _TOPIC_KEYS,
+    "#.#": _TOPIC_KEYS,
+    "*": ("a", "b", "a*", "ab", "A", "a#", "#"),
+    "": ("",),
+    "a": ("a",),
+    "a.#": ("a", "a.b", "a.a", "a.b.c", "a.c.b", "a.b.c.b", "a..b", "a.", "a.b.b.c"),
+    "a.*": ("a.b", "a.a", "a."),
+    "#.a": ("a", "b.a", "a.a", ".a"),
+    "*.a": ("b.a", "a.a", ".a"),
+    "a.*.#": ("a.b", "a.a", "a.b.c", "a.c.b", "a.b.c.b", "a..b", "a.", "a.b.b.c"),
+    "a.#.b": ("a.b", "a.c.b", "a.b.c.b", "a..b"),
+    "#.*": tuple(key for key in _TOPIC_KEYS if key),
+    "*.#": tuple(key for key in _TOPIC_KEYS if key),
+    "*.*": ("a.b", "b.a", "a.a", ".", "a.", ".a"),
+    "a..b": ("a..b",),
+    "a.*.b": ("a.c.b", "a..b"),
+    ".": (".",),
+    "..": ("..",),
+    "#.b.#": ("b", "a.b", "b.a", "a.b.c", "a.c.b", "a.b.c.b", "a..b", "a.b.b.c"),
+    "a*": ("a*",),
+    "a#": ("a#",),
+    "#.": (".", "..", "a."),
+    ".#": (".", "..", ".a"),
+}
+
+
+@_check
+async def check_topic_routing_matches_rabbitmq(make_transport: MakeTransport) -> None:
+    """Topic bindings match ``*`` and ``#`` exactly as RabbitMQ does, edge cases too."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("topic")
+        await conn.declare_exchange(exchange, ExchangeType.TOPIC)
+        queues: dict[str, str] = {}
+        for binding in _TOPIC_MATCHES:
+            queue = (await conn.declare_queue(_name("q"))).name
+            await conn.bind_queue(queue, exchange, binding)
+            queues[binding] = queue
+        for key in _TOPIC_KEYS:
+            await conn.publish(exchange, key, key.encode())
+        wrong = {}
+        for binding, queue in queues.items():
+            got = tuple(body.decode() for body in _bodies(await _drain(conn, queue)))
+            if got != _TOPIC_MATCHES[binding]:
+                wrong[binding] = got
+            await conn.delete_queue(queue)
+        assert not wrong, "\n".join(
+            f"binding {binding!r} matched {got!r}, RabbitMQ matches "
+            f"{_TOPIC_MATCHES[binding]!r}"
+            for binding, got in wrong.items()
+        )
+
+
+@_check
+async def check_message_matching_several_bindings_arrives_once(
+    make_transport: MakeTransport,
+) -> None:
+    """A queue gets one copy of a message however many of its bindings match."""
+    async with make_transport().open_connection() as conn:
+        topic = _name("topic")
+        await conn.declare_exchange(topic, ExchangeType.TOPIC)
+        queue = (await conn.declare_queue(_name("q"))).name
+        for binding in ("#", "a.*", "a.b", "*.b", "a.#"):
+            await conn.bind_queue(queue, topic, binding)
+        await conn.publish(topic, "a.b", b"once")
+        assert _bodies(await _drain(conn, queue)) == [b"once"]
+        fanout = _name("fanout")
+        await conn.declare_exchange(fanout, ExchangeType.FANOUT)
+        await conn.bind_queue(queue, fanout, "one")
+        await conn.bind_queue(queue, fanout, "two")
+        await conn.publish(fanout, "", b"once too")
+        assert _bodies(await _drain(conn, queue)) == [b"once too"]
+
+
+@_check
+async def check_direct_routing(make_transport: MakeTransport) -> None:
+    """A direct exchange routes on the exact, case-sensitive key to every match."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("direct")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        first = (await conn.declare_queue(_name("q"))).name
+        second = (await conn.declare_queue(_name("q"))).name
+        empty = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(first, exchange, "order.placed")
+        await conn.bind_queue(second, exchange, "order.placed")
+        await conn.bind_queue(second, exchange, "order.*")
+        await conn.bind_queue(empty, exchange, "")
+        for key in (
+            "order.placed",
+            "Order.Placed",
+            "order.shipped",
+            "order",
+            "order.*",
+            "",
+        ):
+            await conn.publish(exchange, key, key.encode())
+        assert _bodies(await _drain(conn, first)) == [b"order.placed"]
+        assert _bodies(await _drain(conn, second)) == [b"order.placed", b"order.*"]
+        assert _bodies(await _drain(conn, empty)) == [b""]
+
+
+@_check
+async def check_fanout_routing(make_transport: MakeTransport) -> None:
+    """A fanout exchange gives every bound queue every message, whatever the keys."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("fanout")
+        await conn.declare_exchange(exchange, ExchangeType.FANOUT)
+        first = (await conn.declare_queue(_name("q"))).name
+        second = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(first, exchange, "only-this")
+        await conn.bind_queue(second, exchange, "")
+        for key in ("only-this", "anything.else", ""):
+            await conn.publish(exchange, key, key.encode())
+        expected = [b"only-this", b"anything.else", b""]
+        for queue in (first, second):
+            delivered = await _drain(conn, queue)
+            assert _bodies(delivered) == expected
+            assert [d.routing_key for d in delivered] == [b.decode() for b in expected]
+            assert {d.exchange for d in delivered} == {exchange}
+
+
+@_check
+async def check_default_exchange_routes_by_queue_name(
+    make_transport: MakeTransport,
+) -> None:
+    """``""`` routes a message to the queue named by its key, or drops it."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.publish("", queue, b"by name")
+        # A key naming no queue is dropped silently ...
+        await conn.publish("", _name("missing"), b"dropped")
+        async with conn.open_consumer(queue) as consumer:
+            delivery = await _receive(consumer)
+            assert (delivery.exchange, delivery.routing_key, delivery.body) == (
+                "",
+                queue,
+                b"by name",
+            )
+            await delivery.ack()
+        # ... unless mandatory.
+        try:
+            await conn.publish("", _name("missing"), b"returned", mandatory=True)
+        except PublishNotConfirmed:
+            pass
+        else:
+            raise AssertionError("a mandatory message to no queue was confirmed")
+        await _assert_usable(conn)
+        assert await _drain(conn, queue) == []
+
+
+# --------------------------------------------------------------------------- publish
+
+
+@_check
+async def check_publish_round_trips_every_property(
+    make_transport: MakeTransport,
+) -> None:
+    """Every property arrives exactly as published; no properties arrive as none.
+
+    ``user_id`` is left out: RabbitMQ refuses any but the connection's user.
+    """
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange, "rk")
+        properties = Properties(
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"nameko.call_id_stack": ["svc.method.1"], "count": 3},
+            delivery_mode=2,
+            priority=7,
+            correlation_id="correlation-1",
+            reply_to="reply-queue",
+            expiration="600000",
+            message_id="message-1",
+            timestamp=datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
+            type="order_placed",
+            app_id="conformance",
+        )
+        await conn.publish(exchange, "rk", b'{"id": 1}', properties)
+        await conn.publish(exchange, "rk", b"bare")
+        await conn.publish(exchange, "rk", b"", Properties(delivery_mode=1, priority=0))
+        first, bare, empty = await _drain(conn, queue)
+        assert (first.exchange, first.routing_key, first.redelivered) == (
+            exchange,
+            "rk",
+            False,
+        )
+        assert first.body == b'{"id": 1}'
+        _assert_properties(properties, first.properties)
+        assert bare.body == b"bare"
+        _assert_properties(Properties(), bare.properties)
+        assert empty.body == b""
+        _assert_properties(Properties(delivery_mode=1, priority=0), empty.properties)
+
+
+@_check
+async def check_header_values_keep_their_types(make_transport: MakeTransport) -> None:
+    """Header values of every AMQP field type arrive with the same value and type."""
+    headers: dict[str, Any] = {
+        "str": "text",
+        "unicode": "h\u00e9llo \u2603",
+        "empty-str": "",
+        "bytes": b"\x00\xffraw",
+        "int": 42,
+        "negative": -7,
+        "zero": 0,
+        "int32-max": 2**31 - 1,
+        "int64-max": 2**63 - 1,
+        "int64-min": -(2**63),
+        "true": True,
+        "false": False,
+        "none": None,
+        "float": 0.1,
+        "decimal": decimal.Decimal("1.25"),
+        "datetime": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
+        "table": {"nested": {"deep": [1, "two", {"three": True}]}, "empty": {}},
+        "list": [1, "a", b"b", None, 2.5, [2, [3]], {"k": "v"}],
+        "empty-list": [],
+    }
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.publish("", queue, b"typed", Properties(headers=headers))
+        (delivery,) = await _drain(conn, queue)
+        _assert_same_value("headers", headers, delivery.properties.headers)
+
+
+@_check
+async def check_timestamps_carry_whole_seconds(make_transport: MakeTransport) -> None:
+    """The timestamp property and datetime headers arrive as UTC whole seconds."""
+    sent = datetime.datetime(2024, 5, 6, 7, 8, 9, 654321, tzinfo=datetime.UTC)
+    offset = datetime.datetime(
+        2024, 5, 6, 9, 8, 9, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+    )
+    whole = datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.publish(
+            "",
+            queue,
+            b"when",
+            Properties(timestamp=sent, headers={"at": sent, "offset": offset}),
+        )
+        await conn.publish("", queue, b"offset", Properties(timestamp=offset))
+        first, second = await _drain(conn, queue)
+        for path, value in (
+            ("timestamp", first.properties.timestamp),
+            ("headers['at']", (first.properties.headers or {}).get("at")),
+            ("headers['offset']", (first.properties.headers or {}).get("offset")),
+            ("timestamp (offset)", second.properties.timestamp),
+        ):
+            assert isinstance(value, datetime.datetime), f"{path}: {value!r}"
+            assert value == whole, f"{path}: {value!r} != {whole!r}"
+            assert value.utcoffset() == datetime.timedelta(0), f"{path}: {value!r}"
+
+
+@_check
+async def check_publish_to_missing_exchange_raises_not_found(
+    make_transport: MakeTransport,
+) -> None:
+    """Publishing to a missing exchange is 404, for new ``amq.`` names too."""
+    async with make_transport().open_connection() as conn:
+        missing = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", missing),
+            lambda: conn.publish(missing, "k", b"lost"),
+        )
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", "amq.conformance-missing"),
+            lambda: conn.publish("amq.conformance-missing", "k", b"lost"),
+        )
+
+
+@_check
+async def check_mandatory_unroutable_publish_is_not_confirmed(
+    make_transport: MakeTransport,
+) -> None:
+    """A mandatory message no queue takes raises PublishNotConfirmed."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.TOPIC)
+        # Not mandatory: dropped silently.
+        await conn.publish(exchange, "nowhere", b"dropped")
+        try:
+            await conn.publish(exchange, "nowhere", b"returned", mandatory=True)
+        except PublishNotConfirmed:
+            pass
+        else:
+            raise AssertionError("an unroutable mandatory message was confirmed")
+        await _assert_usable(conn)
+        queue = (await conn.declare_queue(_name("q"))).name
+        await conn.bind_queue(queue, exchange, "somewhere.#")
+        await conn.publish(exchange, "somewhere.else", b"routed", mandatory=True)
+        assert _bodies(await _drain(conn, queue)) == [b"routed"]
+
+
+@_check
+async def check_full_queue_with_reject_publish_refuses(
+    make_transport: MakeTransport,
+) -> None:
+    """``x-overflow`` reject-publish nacks; reject-publish-dlx also dead-letters."""
+    async with make_transport().open_connection() as conn:
+        dlx, dlq = await _dead_letter_target(conn)
+        for overflow in ("reject-publish", "reject-publish-dlx"):
+            queue = _name("q")
+            await conn.declare_queue(
+                queue,
+                arguments={
+                    "x-max-length": 1,
+                    "x-overflow": overflow,
+                    "x-dead-letter-exchange": dlx,
+                },
+            )
+            await conn.publish("", queue, b"fits")
+            try:
+                await conn.publish("", queue, b"refused")
+            except PublishNotConfirmed:
+                pass
+            else:
+                raise AssertionError(f"{overflow}: a full queue confirmed a message")
+            await _assert_usable(conn)
+            assert await _message_count(conn, queue) == 1
+            async with conn.open_consumer(queue) as consumer:
+                kept = await _receive(consumer)
+                assert kept.body == b"fits"
+                await kept.ack()
+            dead = await _drain(conn, dlq)
+            if overflow == "reject-publish":
+                assert dead == [], f"reject-publish dead-lettered {_bodies(dead)}"
+            else:
+                assert _bodies(dead) == [b"refused"]
+                _assert_x_death(
+                    dead[0],
+                    [_death("maxlen", queue, "", [queue])],
+                    first=("maxlen", queue, ""),
+                )
+
+
+@_check
+async def check_cancelled_publish_is_all_or_nothing(
+    make_transport: MakeTransport,
+) -> None:
+    """A publish cancelled at any point delivers the whole message or nothing."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        body = bytes(range(256)) * 64
+        sent: list[bytes] = []
+        for attempt in range(20):
+            message = b"%02d" % attempt + body
+            sent.append(message)
+            with trio.move_on_after(attempt * 0.0005) as scope:
+                if attempt == 0:
+                    scope.cancel()
+                await conn.publish("", queue, message)
+        await _assert_usable(conn)
+        got = _bodies(await _drain(conn, queue))
+        assert all(message in sent for message in got), "a message arrived damaged"
+        assert got == sorted(set(got)), "messages arrived twice or out of order"
+
+
+# --------------------------------------------------------------------------- consuming
+
+
+@_check
+async def check_competing_consumers_get_round_robin(
+    make_transport: MakeTransport,
+) -> None:
+    """Consumers of one queue take turns, one message each."""
+    transport = make_transport()
+    async with (
+        transport.open_connection() as conn,
+        transport.open_connection() as conn_a,
+        transport.open_connection() as conn_b,
+    ):
+        queue = (await conn.declare_queue(_name("q"))).name
+        async with conn_a.open_consumer(queue) as a, conn_b.open_consumer(queue) as b:
+            sent = [b"%d" % index for index in range(8)]
+            for body in sent:
+                await conn.publish("", queue, body)
+            got_a = await _receive_n(a, 4)
+            got_b = await _receive_n(b, 4)
+            for delivery in got_a + got_b:
+                await delivery.ack()
+        assert {_bodies(got_a)[0], _bodies(got_b)[0]} == {b"0", b"1"}
+        turns = (sent[0::2], sent[1::2])
+        unfair = f"not round-robin: {_bodies(got_a)} / {_bodies(got_b)}"
+        assert _bodies(got_a) in turns, unfair
+        assert _bodies(got_b) in turns, unfair
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_prefetch_limits_unsettled_deliveries(
+    make_transport: MakeTransport,
+) -> None:
+    """A consumer never holds more unsettled deliveries than its prefetch."""
+    transport = make_transport()
+    async with (
+        transport.open_connection() as conn,
+        transport.open_connection() as other,
+    ):
+        queue = (await conn.declare_queue(_name("q"))).name
+        for index in range(6):
+            await conn.publish("", queue, b"%d" % index)
+        async with conn.open_consumer(queue, prefetch_count=2) as consumer:
+            m0, m1 = await _receive_n(consumer, 2)
+            assert _bodies([m0, m1]) == [b"0", b"1"]
+            # Nothing more was handed to the consumer.
+            declared = await conn.declare_queue(queue, passive=True)
+            assert (declared.message_count, declared.consumer_count) == (4, 1)
+            # Each settle frees one slot.
+            await m0.ack()
+            m2 = await _receive(consumer)
+            assert m2.body == b"2"
+            assert await _message_count(conn, queue) == 3
+            await m1.nack(requeue=False)
+            m3 = await _receive(consumer)
+            assert m3.body == b"3"
+            assert await _message_count(conn, queue) == 2
+            await m2.reject(requeue=True)
+            again = await _receive(consumer)
+            assert (again.body, again.redelivered) == (b"2", True)
+            assert await _message_count(conn, queue) == 2
+            # Full: a consumer without a limit gets the rest.
+            async with other.open_consumer(queue) as unlimited:
+                rest = await _receive_n(unlimited, 2)
+                assert _bodies(rest) == [b"4", b"5"]
+                for delivery in (*rest, again, m3):
+                    await delivery.ack()
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_queue_is_fifo(make_transport: MakeTransport) -> None:
+    """Messages arrive in publish order, with and without a prefetch limit."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        sent = [b"%02d" % index for index in range(20)]
+        for body in sent[:10]:
+            await conn.publish("", queue, body)
+        async with conn.open_consumer(queue) as consumer:
+            got = await _receive_n(consumer, 10)
+            for delivery in got:
+                await delivery.ack()
+        for body in sent[10:]:
+            await conn.publish("", queue, body)
+        async with conn.open_consumer(queue, prefetch_count=1) as consumer:
+            for _ in range(10):
+                delivery = await _receive(consumer)
+                got.append(delivery)
+                await delivery.ack()
+        assert _bodies(got) == sent
+        assert not any(delivery.redelivered for delivery in got)
+
+
+@_check
+async def check_requeued_message_returns_to_its_original_position(
+    make_transport: MakeTransport,
+) -> None:
+    """A requeued message goes back where it was, ahead of later ones, redelivered."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for index in range(3):
+            await conn.publish("", queue, b"n%d" % index)
+        async with conn.open_consumer(queue, prefetch_count=1) as consumer:
+            first = await _receive(consumer)
+            await first.nack(requeue=True)
+            again = await _receive(consumer)
+            assert (again.body, again.redelivered) == (b"n0", True)
+            await again.ack()
+            rest = []
+            for _ in range(2):
+                rest.append(await _receive(consumer))
+                await rest[-1].ack()
+            assert [(d.body, d.redelivered) for d in rest] == [
+                (b"n1", False),
+                (b"n2", False),
+            ]
+
+        # Requeued out of order while no consumer can take them back.
+        for index in range(6):
+            await conn.publish("", queue, b"m%d" % index)
+        async with conn.open_consumer(queue, prefetch_count=3) as consumer:
+            m0, m1, m2 = await _receive_n(consumer, 3)
+            await consumer.cancel()
+            await m2.nack(requeue=True)
+            await m0.reject(requeue=True)
+            await m1.ack()
+        async with conn.open_consumer(queue) as consumer:
+            got = await _receive_n(consumer, 5)
+            for delivery in got:
+                await delivery.ack()
+        assert [(d.body, d.redelivered) for d in got] == [
+            (b"m0", True),
+            (b"m2", True),
+            (b"m3", False),
+            (b"m4", False),
+            (b"m5", False),
+        ]
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_settle_exactly_once(make_transport: MakeTransport) -> None:
+    """A second ack / nack / reject raises AlreadySettled; the first one stands."""
+    settles: list[tuple[str, Settlement, bool]] = [
+        ("ack", Settlement.ACK, False),
+        ("nack", Settlement.NACK, False),
+        ("reject", Settlement.REJECT, False),
+        ("nack", Settlement.NACK, True),
+        ("reject", Settlement.REJECT, True),
+    ]
+
+    async def settle(delivery: Delivery, how: str, requeue: bool) -> None:
+        if how == "ack":
+            await delivery.ack()
+        elif how == "nack":
+            await delivery.nack(requeue=requeue)
+        else:
+            await delivery.reject(requeue=requeue)
+
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        async with conn.open_consumer(queue, prefetch_count=1) as consumer:
+            for how, settlement, requeue in settles:
+                body = f"{how} requeue={requeue}".encode()
+                await conn.publish("", queue, body)
+                delivery = await _receive(consumer)
+                assert delivery.body == body
+                assert _settlement(delivery) is None
+                await settle(delivery, how, requeue)
+                assert _settlement(delivery) is settlement
+                for second, second_requeue in (
+                    ("ack", False),
+                    ("nack", True),
+                    ("nack", False),
+                    ("reject", True),
+                    ("reject", False),
+                ):
+                    try:
+                        await settle(delivery, second, second_requeue)
+                    except AlreadySettled:
+                        pass
+                    else:
+                        raise AssertionError(f"{how} then {second}: no AlreadySettled")
+                    assert _settlement(delivery) is settlement
+                if requeue:
+                    back = await _receive(consumer)
+                    assert (back.body, back.redelivered) == (body, True)
+                    await back.ack()
+            # The consumer still works after the refused settles.
+            await conn.publish("", queue, b"after")
+            after = await _receive(consumer)
+            assert (after.body, after.redelivered) == (b"after", False)
+            await after.ack()
+        # Nothing came back when the consumer closed: every first settle stood.
+        assert await _drain(conn, queue) == []
+        await _assert_usable(conn)
+
+
+@_check
+async def check_consumer_cancel_ends_iteration(make_transport: MakeTransport) -> None:
+    """After cancel() iteration ends, and deliveries already received can be acked."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for index in range(3):
+            await conn.publish("", queue, b"%d" % index)
+        async with conn.open_consumer(queue, prefetch_count=1) as consumer:
+            first = await _receive(consumer)
+            await consumer.cancel()
+            try:
+                with trio.fail_after(_WAIT):
+                    await consumer.receive()
+            except trio.EndOfChannel:
+                pass
+            else:
+                raise AssertionError("receive() returned after cancel()")
+            async for delivery in consumer:
+                raise AssertionError(f"iteration went on after cancel(): {delivery!r}")
+            await conn.publish("", queue, b"3")
+            await first.ack()
+        # The ack held; the rest stayed in the queue for others.
+        rest = await _drain(conn, queue)
+        assert _bodies(rest) == [b"1", b"2", b"3"]
+
+        # A task iterating an idle consumer stops when another task cancels it.
+        seen: list[Delivery] = []
+        got_one = trio.Event()
+        async with conn.open_consumer(queue) as consumer:
+
+            async def iterate() -> None:
+                async for delivery in consumer:
+                    seen.append(delivery)
+                    await delivery.ack()
+                    got_one.set()
+
+            with trio.fail_after(_WAIT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(iterate)
+                    await conn.publish("", queue, b"seen")
+                    await got_one.wait()
+                    await consumer.cancel()
+        assert _bodies(seen) == [b"seen"]
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_closing_a_consumer_requeues_its_unsettled_deliveries(
+    make_transport: MakeTransport,
+) -> None:
+    """Unsettled deliveries of a closed consumer come back redelivered, in order."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for index in range(3):
+            await conn.publish("", queue, b"%d" % index)
+        async with conn.open_consumer(queue, prefetch_count=2) as consumer:
+            assert _bodies(await _receive_n(consumer, 2)) == [b"0", b"1"]
+        async with conn.open_consumer(queue) as consumer:
+            got = await _receive_n(consumer, 3)
+            assert [(d.body, d.redelivered) for d in got] == [
+                (b"0", True),
+                (b"1", True),
+                (b"2", False),
+            ]
+            # Settled deliveries stay settled when their consumer closes.
+            await got[1].ack()
+        async with conn.open_consumer(queue) as consumer:
+            got = await _receive_n(consumer, 2)
+            for delivery in got:
+                await delivery.ack()
+        assert [(d.body, d.redelivered) for d in got] == [(b"0", True), (b"2", True)]
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_closing_a_connection_requeues_its_unsettled_deliveries(
+    make_transport: MakeTransport,
+) -> None:
+    """A connection closed under an open consumer gives its deliveries back."""
+    transport = make_transport()
+    async with transport.open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for index in range(3):
+            await conn.publish("", queue, b"%d" % index)
+        connection_cm = transport.open_connection()
+        doomed = await connection_cm.__aenter__()
+        consumer_cm = doomed.open_consumer(queue, prefetch_count=2)
+        try:
+            consumer = await consumer_cm.__aenter__()
+            assert _bodies(await _receive_n(consumer, 2)) == [b"0", b"1"]
+        finally:
+            await connection_cm.__aexit__(None, None, None)
+        # Closing a consumer whose connection is gone is harmless.
+        await consumer_cm.__aexit__(None, None, None)
+        async with conn.open_consumer(queue) as consumer:
+            got = await _receive_n(consumer, 3)
+            for delivery in got:
+                await delivery.ack()
+        assert [(d.body, d.redelivered) for d in got] == [
+            (b"0", True),
+            (b"1", True),
+            (b"2", False),
+        ]
+        assert (await conn.declare_queue(queue, passive=True)).consumer_count == 0
+
+
+@_check
+async def check_exclusive_consumer(make_transport: MakeTransport) -> None:
+    """An exclusive consumer needs the queue to itself, and keeps it to itself."""
+    transport = make_transport()
+    async with (
+        transport.open_connection() as conn,
+        transport.open_connection() as other,
+    ):
+        queue = (await conn.declare_queue(_name("q"))).name
+        in_use = (
+            rf"ACCESS_REFUSED - queue '{re.escape(queue)}' {_VHOST} in exclusive use$"
+        )
+        async with conn.open_consumer(queue, exclusive=True):
+            await _assert_refused(
+                other, AccessRefused, in_use, lambda: _consume_once(other, queue)
+            )
+            await _assert_refused(
+                other,
+                AccessRefused,
+                in_use,
+                lambda: _consume_once(other, queue, exclusive=True),
+            )
+            await _assert_refused(
+                conn, AccessRefused, in_use, lambda: _consume_once(conn, queue)
+            )
+        async with conn.open_consumer(queue):
+            await _assert_refused(
+                other,
+                AccessRefused,
+                in_use,
+                lambda: _consume_once(other, queue, exclusive=True),
+            )
+            async with other.open_consumer(queue):
+                pass
+        async with other.open_consumer(queue, exclusive=True) as consumer:
+            await conn.publish("", queue, b"mine")
+            delivery = await _receive(consumer)
+            assert delivery.body == b"mine"
+            await delivery.ack()
+
+
+@_check
+async def check_consume_missing_queue_raises_not_found(
+    make_transport: MakeTransport,
+) -> None:
+    """Consuming a queue that does not exist is 404."""
+    async with make_transport().open_connection() as conn:
+        missing = _name("missing")
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("queue", missing),
+            lambda: _consume_once(conn, missing),
+        )
+
+
+@_check
+async def check_errors_leave_consumers_working(make_transport: MakeTransport) -> None:
+    """A refused operation breaks neither the connection nor its consumers."""
+    async with make_transport().open_connection() as conn:
+        queue = _name("q")
+        await conn.declare_queue(queue)
+        await conn.publish("", queue, b"before")
+        async with conn.open_consumer(queue) as consumer:
+            before = await _receive(consumer)
+            missing = _name("missing")
+            await _assert_refused(
+                conn,
+                NotFound,
+                _not_found("queue", missing),
+                lambda: conn.declare_queue(missing, passive=True),
+            )
+            await _assert_refused(
+                conn,
+                PreconditionFailed,
+                _inequivalent("durable", "queue", queue),
+                lambda: conn.declare_queue(queue, durable=True),
+            )
+            await _assert_refused(
+                conn,
+                NotFound,
+                _not_found("exchange", missing),
+                lambda: conn.publish(missing, "k", b"lost"),
+            )
+            await _assert_invalid(
+                conn, lambda: conn.publish("", queue, cast("Any", "not bytes"))
+            )
+            # The delivery from before the errors can still be settled ...
+            await before.ack()
+            # ... and the consumer still receives.
+            await conn.publish("", queue, b"after")
+            after = await _receive(consumer)
+            assert (after.body, after.redelivered) == (b"after", False)
+            await after.ack()
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_deliveries_carry_their_tags(make_transport: MakeTransport) -> None:
+    """Consumers have distinct tags; deliveries name theirs and distinct delivery tags."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        other = (await conn.declare_queue(_name("q"))).name
+        async with conn.open_consumer(queue) as consumer:
+            async with conn.open_consumer(other) as second:
+                assert consumer.consumer_tag
+                assert second.consumer_tag
+                assert consumer.consumer_tag != second.consumer_tag
+                assert (consumer.queue, second.queue) == (queue, other)
+                for index in range(3):
+                    await conn.publish("", queue, b"%d" % index)
+                await conn.publish("", other, b"other")
+                got = await _receive_n(consumer, 3)
+                assert {d.consumer_tag for d in got} == {consumer.consumer_tag}
+                assert len({d.delivery_tag for d in got}) == 3
+                elsewhere = await _receive(second)
+                assert elsewhere.consumer_tag == second.consumer_tag
+                for delivery in (*got, elsewhere):
+                    await delivery.ack()
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+@_check
+async def check_dead_letter_on_reject_and_nack(make_transport: MakeTransport) -> None:
+    """A message rejected or nacked without requeue goes to the DLX with ``x-death``."""
+    async with make_transport().open_connection() as conn:
+        dlx, dlq = await _dead_letter_target(conn, ExchangeType.TOPIC)
+        source = _name("src")
+        await conn.declare_exchange(source, ExchangeType.DIRECT)
+        queue = _name("q")
+        await conn.declare_queue(queue, arguments={"x-dead-letter-exchange": dlx})
+        await conn.bind_queue(queue, source, "rk")
+        properties = Properties(
+            content_type="text/plain",
+            headers={"app": "kept", "n": 1},
+            delivery_mode=2,
+            priority=3,
+            correlation_id="c-1",
+            message_id="m-1",
+            expiration="600000",
+        )
+        await conn.publish(source, "rk", b"rejected", properties)
+        await conn.publish("", queue, b"nacked")
+        async with conn.open_consumer(queue) as consumer:
+            rejected, nacked = await _receive_n(consumer, 2)
+            await rejected.reject(requeue=False)
+            await nacked.nack(requeue=False)
+        assert await _message_count(conn, queue) == 0
+        async with conn.open_consumer(dlq) as consumer:
+            first, second = await _receive_n(consumer, 2)
+            await first.ack()
+            await second.ack()
+        assert (first.body, first.exchange, first.routing_key, first.redelivered) == (
+            b"rejected",
+            dlx,
+            "rk",
+            False,
+        )
+        # Everything but expiration is kept; expiration moves into x-death.
+        _assert_properties(
+            attrs.evolve(properties, headers=first.properties.headers, expiration=None),
+            first.properties,
+        )
+        _assert_x_death(
+            first,
+            [_death("rejected", queue, source, ["rk"], original_expiration="600000")],
+            first=("rejected", queue, source),
+            other_headers={"app": "kept", "n": 1},
+        )
+        assert (second.body, second.exchange, second.routing_key) == (
+            b"nacked",
+            dlx,
+            queue,
+        )
+        _assert_x_death(
+            second,
+            [_death("rejected", queue, "", [queue])],
+            first=("rejected", queue, ""),
+        )
+
+
+@_check
+async def check_dead_letter_on_queue_ttl(make_transport: MakeTransport) -> None:
+    """A message outliving ``x-message-ttl`` is dead-lettered as ``expired``."""
+    async with make_transport().open_connection() as conn:
+        dlx, dlq = await _dead_letter_target(conn)
+        queue = _name("q")
+        await conn.declare_queue(
+            queue,
+            arguments={"x-message-ttl": _TTL_MS, "x-dead-letter-exchange": dlx},
+        )
+        async with conn.open_consumer(dlq) as consumer:
+            start = trio.current_time()
+            await conn.publish(
+                "", queue, b"expired", Properties(headers={"keep": True})
+            )
+            dead = await _receive(consumer)
+            elapsed = trio.current_time() - start
+            await dead.ack()
+        assert elapsed >= _TTL_MS / 2000, f"expired after {elapsed:.3f}s"
+        assert (dead.body, dead.exchange, dead.routing_key) == (b"expired", dlx, queue)
+        _assert_x_death(
+            dead,
+            [_death("expired", queue, "", [queue])],
+            first=("expired", queue, ""),
+            other_headers={"keep": True},
+        )
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_dead_letter_on_message_expiration(
+    make_transport: MakeTransport,
+) -> None:
+    """A message outliving its ``expiration`` is dead-lettered as ``expired``."""
+    async with make_transport().open_connection() as conn:
+        dlx, dlq = await _dead_letter_target(conn)
+        queue = _name("q")
+        await conn.declare_queue(queue, arguments={"x-dead-letter-exchange": dlx})
+        async with conn.open_consumer(dlq) as consumer:
+            start = trio.current_time()
+            await conn.publish(
+                "",
+                queue,
+                b"expired",
+                Properties(expiration=str(_TTL_MS), message_id="short-lived"),
+            )
+            await conn.publish(
+                "", queue, b"kept", Properties(expiration="600000", message_id="long")
+            )
+            dead = await _receive(consumer)
+            elapsed = trio.current_time() - start
+            await dead.ack()
+        assert elapsed >= _TTL_MS / 2000, f"expired after {elapsed:.3f}s"
+        assert (dead.body, dead.exchange, dead.routing_key) == (b"expired", dlx, queue)
+        assert dead.properties.expiration is None
+        assert dead.properties.message_id == "short-lived"
+        _assert_x_death(
+            dead,
+            [_death("expired", queue, "", [queue], original_expiration=str(_TTL_MS))],
+            first=("expired", queue, ""),
+        )
+        (kept,) = await _drain(conn, queue)
+        assert (kept.body, kept.properties.expiration) == (b"kept", "600000")
+
+
+@_check
+async def check_dead_letter_on_max_length(make_transport: MakeTransport) -> None:
+    """Past ``x-max-length`` the oldest messages are dead-lettered as ``maxlen``."""
+    async with make_transport().open_connection() as conn:
+        dlx, dlq = await _dead_letter_target(conn)
+        queue = _name("q")
+        await conn.declare_queue(
+            queue, arguments={"x-max-length": 2, "x-dead-letter-exchange": dlx}
+        )
+        for index in range(4):
+            await conn.publish("", queue, b"%d" % index)
+        assert await _message_count(conn, queue) == 2
+        async with conn.open_consumer(dlq) as consumer:
+            dead = await _receive_n(consumer, 2)
+            for delivery in dead:
+                await delivery.ack()
+        assert _bodies(dead) == [b"0", b"1"]
+        for delivery in dead:
+            _assert_x_death(
+                delivery,
+                [_death("maxlen", queue, "", [queue])],
+                first=("maxlen", queue, ""),
+            )
+        async with conn.open_consumer(queue) as consumer:
+            kept = await _receive_n(consumer, 2)
+            for delivery in kept:
+                await delivery.ack()
+        assert _bodies(kept) == [b"2", b"3"]
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_max_length_bytes_counts_bodies(make_transport: MakeTransport) -> None:
+    """``x-max-length-bytes`` drops the oldest messages once the bodies exceed it."""
+    async with make_transport().open_connection() as conn:
+        queue = _name("q")
+        await conn.declare_queue(queue, arguments={"x-max-length-bytes": 10})
+        big_headers = Properties(headers={"padding": "x" * 100})
+        for body in (b"12345", b"67890", b"abc"):
+            await conn.publish("", queue, body, big_headers)
+        async with conn.open_consumer(queue) as consumer:
+            kept = await _receive_n(consumer, 2)
+            for delivery in kept:
+                await delivery.ack()
+        assert _bodies(kept) == [b"67890", b"abc"]
+        assert await _message_count(conn, queue) == 0
+
+
+@_check
+async def check_dead_letter_routing_key(make_transport: MakeTransport) -> None:
+    """``x-dead-letter-routing-key`` replaces the key; ``x-death`` keeps the original."""
+    async with make_transport().open_connection() as conn:
+        dlx = _name("dlx")
+        await conn.declare_exchange(dlx, ExchangeType.DIRECT)
+        dlq = (await conn.declare_queue(_name("dlq"))).name
+        await conn.bind_queue(dlq, dlx, "dead")
+        source = _name("src")
+        await conn.declare_exchange(source, ExchangeType.DIRECT)
+        queue = _name("q")
+        await conn.declare_queue(
+            queue,
+            arguments={
+                "x-dead-letter-exchange": dlx,
+                "x-dead-letter-routing-key": "dead",
+            },
+        )
+        await conn.bind_queue(queue, source, "original")
+        # Through the default exchange, routed by queue name.
+        by_name = (await conn.declare_queue(_name("dlq"))).name
+        via_default = _name("q")
+        await conn.declare_queue(
+            via_default,
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": by_name,
+            },
+        )
+        await conn.publish(source, "original", b"renamed")
+        await conn.publish("", via_default, b"by name")
+        for name in (queue, via_default):
+            async with conn.open_consumer(name) as consumer:
+                await (await _receive(consumer)).reject(requeue=False)
+        async with conn.open_consumer(dlq) as consumer:
+            dead = await _receive(consumer)
+            await dead.ack()
+        assert (dead.body, dead.exchange, dead.routing_key) == (b"renamed", dlx, "dead")
+        _assert_x_death(
+            dead,
+            [_death("rejected", queue, source, ["original"])],
+            first=("rejected", queue, source),
+        )
+        async with conn.open_consumer(by_name) as consumer:
+            dead = await _receive(consumer)
+            await dead.ack()
+        assert (dead.body, dead.exchange, dead.routing_key) == (b"by name", "", by_name)
+        _assert_x_death(
+            dead,
+            [_death("rejected", via_default, "", [via_default])],
+            first=("rejected", via_default, ""),
+        )
+
+
+@_check
+async def check_dead_letter_repeats_count_in_x_death(
+    make_transport: MakeTransport,
+) -> None:
+    """Each (queue, reason) has one ``x-death`` entry, newest first, its count growing."""
+    async with make_transport().open_connection() as conn:
+        source = _name("src")
+        await conn.declare_exchange(source, ExchangeType.DIRECT)
+        bounce = _name("bounce")
+        await conn.declare_exchange(bounce, ExchangeType.FANOUT)
+        first = _name("q")
+        await conn.declare_queue(first, arguments={"x-dead-letter-exchange": bounce})
+        await conn.bind_queue(first, source, "rk")
+        await conn.bind_queue(first, source, "back")
+        second = _name("q")
+        await conn.declare_queue(
+            second,
+            arguments={
+                "x-dead-letter-exchange": source,
+                "x-dead-letter-routing-key": "back",
+            },
+        )
+        await conn.bind_queue(second, bounce)
+        await conn.publish(source, "rk", b"bouncing")
+
+        async def reject_from(queue: str) -> Delivery:
+            async with conn.open_consumer(queue) as consumer:
+                delivery = await _receive(consumer)
+                await delivery.reject(requeue=False)
+                return delivery
+
+        await reject_from(first)
+        once = await reject_from(second)
+        assert (once.exchange, once.routing_key) == (bounce, "rk")
+        twice = await reject_from(first)
+        assert (twice.exchange, twice.routing_key) == (source, "back")
+        _assert_x_death(
+            twice,
+            [
+                _death("rejected", second, bounce, ["rk"]),
+                _death("rejected", first, source, ["rk"]),
+            ],
+            first=("rejected", first, source),
+        )
+        async with conn.open_consumer(second) as consumer:
+            final = await _receive(consumer)
+            await final.ack()
+        assert (final.body, final.exchange, final.routing_key) == (
+            b"bouncing",
+            bounce,
+            "back",
+        )
+        # The repeated entry moved to the front; only its count changed.
+        _assert_x_death(
+            final,
+            [
+                _death("rejected", first, source, ["rk"], count=2),
+                _death("rejected", second, bounce, ["rk"]),
+            ],
+            first=("rejected", first, source),
+        )
+
+
+@_check
+async def check_expired_messages_without_dead_letter_exchange_are_dropped(
+    make_transport: MakeTransport,
+) -> None:
+    """Without a DLX an expired message is dropped; later ones stay."""
+    async with make_transport().open_connection() as conn:
+        queue = _name("q")
+        await conn.declare_queue(queue, arguments={"x-message-ttl": _TTL_MS})
+        start = trio.current_time()
+        await conn.publish("", queue, b"dropped")
+        await _wait_for_count(conn, queue, 0)
+        assert trio.current_time() - start >= _TTL_MS / 2000, "expired too early"
+
+        plain = (await conn.declare_queue(_name("q"))).name
+        start = trio.current_time()
+        await conn.publish("", plain, b"dropped", Properties(expiration=str(_TTL_MS)))
+        await conn.publish("", plain, b"kept")
+        await _wait_for_count(conn, plain, 1)
+        assert trio.current_time() - start >= _TTL_MS / 2000, "expired too early"
+        assert _bodies(await _drain(conn, plain)) == [b"kept"]
+
+        # A message requeued after its TTL passed expires at once.
+        await conn.publish("", queue, b"held too long")
+        async with conn.open_consumer(queue) as consumer:
+            held = await _receive(consumer)
+            await consumer.cancel()
+            await trio.sleep(2 * _TTL_MS / 1000)
+            await held.nack(requeue=True)
+        await _wait_for_count(conn, queue, 0)
+        async with conn.open_consumer(queue) as consumer:
+            with trio.move_on_after(_TTL_MS / 1000):
+                late = await consumer.receive()
+                raise AssertionError(f"an expired message was redelivered: {late!r}")
+
+
+@_check
+async def check_refused_messages_without_dead_letter_exchange_are_dropped(
+    make_transport: MakeTransport,
+) -> None:
+    """Rejected without requeue and no (existing) DLX, a message is gone."""
+    async with make_transport().open_connection() as conn:
+        plain = (await conn.declare_queue(_name("q"))).name
+        dangling = _name("q")
+        await conn.declare_queue(
+            dangling, arguments={"x-dead-letter-exchange": _name("missing")}
+        )
+        for queue in (plain, dangling):
+            await conn.publish("", queue, b"refused")
+            async with conn.open_consumer(queue) as consumer:
+                await (await _receive(consumer)).reject(requeue=False)
+            await conn.publish("", queue, b"nacked")
+            async with conn.open_consumer(queue) as consumer:
+                await (await _receive(consumer)).nack(requeue=False)
+            assert await _drain(conn, queue) == []
+        await _assert_usable(conn)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@_check
+async def check_unknown_exchange_type_is_invalid(make_transport: MakeTransport) -> None:
+    """An exchange type that is not an :class:`ExchangeType` is refused locally."""
+    async with make_transport().open_connection() as conn:
+        name = _name("x")
+        for bad in ("fancy", "headers", "x-consistent-hash", 42, None):
+            await _assert_invalid(
+                conn, functools.partial(conn.declare_exchange, name, cast("Any", bad))
+            )
+        await _assert_refused(
+            conn,
+            NotFound,
+            _not_found("exchange", name),
+            lambda: conn.declare_exchange(name, passive=True),
+        )
+
+
+@_check
+async def check_overlong_routing_key_is_invalid(make_transport: MakeTransport) -> None:
+    """Routing and binding keys over 255 UTF-8 bytes are refused; 255 are fine."""
+    async with make_transport().open_connection() as conn:
+        exchange = _name("x")
+        await conn.declare_exchange(exchange, ExchangeType.DIRECT)
+        queue = (await conn.declare_queue(_name("q"))).name
+        longest = "k" * 255
+        await conn.bind_queue(queue, exchange, longest)
+        await conn.publish(exchange, longest, b"255 bytes")
+        for bad in ("k" * 256, "\u00e9" * 128):
+            await _assert_invalid(
+                conn, functools.partial(conn.publish, exchange, bad, b"x")
+            )
+            await _assert_invalid(
+                conn, functools.partial(conn.bind_queue, queue, exchange, bad)
+            )
+            await _assert_invalid(
+                conn,
+                functools.partial(conn.publish, exchange, bad, b"x", mandatory=True),
+            )
+        assert _bodies(await _drain(conn, queue)) == [b"255 bytes"]
+
+
+@_check
+async def check_non_bytes_body_is_invalid(make_transport: MakeTransport) -> None:
+    """A body that is not bytes is refused before anything is sent."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for bad in ("text", None, 42, [b"x"], {"a": 1}):
+            await _assert_invalid(
+                conn, functools.partial(conn.publish, "", queue, cast("Any", bad))
+            )
+        assert await _drain(conn, queue) == []
+
+
+@_check
+async def check_unsupported_header_value_is_invalid(
+    make_transport: MakeTransport,
+) -> None:
+    """Headers AMQP cannot carry are refused before anything is sent."""
+    bad_headers: list[dict[Any, Any]] = [
+        {"object": object()},
+        {"set": {1, 2}},
+        {"complex": 1j},
+        {"too-big": 2**63},
+        {"too-small": -(2**63) - 1},
+        {"nested": {"deeper": [1, object()]}},
+        {1: "non-str key"},
+        {"k" * 256: "key over 255 bytes"},
+    ]
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for headers in bad_headers:
+            await _assert_invalid(
+                conn,
+                functools.partial(
+                    conn.publish, "", queue, b"x", Properties(headers=headers)
+                ),
+            )
+        assert await _drain(conn, queue) == []
+
+
+@_check
+async def check_overlong_names_are_invalid(make_transport: MakeTransport) -> None:
+    """Exchange and queue names over 255 UTF-8 bytes are refused locally."""
+    async with make_transport().open_connection() as conn:
+        for bad in ("x" * 256, "\u00e9" * 128):
+            await _assert_invalid(
+                conn, functools.partial(conn.declare_exchange, bad, ExchangeType.TOPIC)
+            )
+            await _assert_invalid(conn, functools.partial(conn.declare_queue, bad))
+        await conn.declare_exchange("x" * 255, ExchangeType.TOPIC, auto_delete=True)
+        await conn.delete_exchange("x" * 255)
+
+
+@_check
+async def check_invalid_property_values_are_refused(
+    make_transport: MakeTransport,
+) -> None:
+    """Property values AMQP or RabbitMQ refuse raise a typed error; nothing arrives.
+
+    Values AMQP cannot encode are :class:`InvalidRequest`; values RabbitMQ
+    refuses (``expiration`` not a decimal, ``delivery_mode`` not 1 or 2) may also
+    come back as RabbitMQ's own :class:`PreconditionFailed`.
+    """
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for unencodable in (
+            Properties(priority=256),
+            Properties(priority=-1),
+            Properties(message_id="m" * 256),
+            Properties(content_type="\u00e9" * 128),
+        ):
+            await _assert_invalid(
+                conn, functools.partial(conn.publish, "", queue, b"x", unencodable)
+            )
+        for refused in (
+            Properties(expiration="abc"),
+            Properties(expiration="-5"),
+            Properties(delivery_mode=3),
+        ):
+            try:
+                await conn.publish("", queue, b"x", refused)
+            except (InvalidRequest, PreconditionFailed):
+                pass
+            else:
+                raise AssertionError(f"{refused!r} was published")
+            await _assert_usable(conn)
+        assert await _drain(conn, queue) == []
+
+
+# --------------------------------------------------------------------------- the suite
+
+#: Every check by name, sorted: ``name -> async check(make_transport)``.
+TRANSPORT_CHECKS: dict[str, Callable[[Callable[[], Transport]], Awaitable[None]]] = (
+    dict(sorted(_CHECKS.items()))
+)
+
+
+async def check_transport(make_transport: Callable[[], Transport]) -> None:
+    """Check that a transport keeps every rule of the Transport seam.
+
+    Runs each check of :data:`TRANSPORT_CHECKS` in name order; the first failing
+    one raises, with a note naming it (:meth:`BaseException.add_note`).
+
+    Parameters
+    ----------
+    make_transport
+        Returns a :class:`~trioevents.abc.Transport` onto an isolated broker
+        namespace: a fresh embedded broker, or a fresh RabbitMQ vhost. Each check
+        calls it once and opens its connections on what it returns.
+
+    Raises
+    ------
+    AssertionError
+        The transport broke a rule. Other exceptions (a transport error where
+        none was due, :class:`trio.TooSlowError` past a check's deadline) fail
+        the run too.
+    """
+    for name, check in TRANSPORT_CHECKS.items():
+        try:
+            await check(make_transport)
+        except Exception as exc:
+            exc.add_note(f"in transport check {name!r}")
+            raise
