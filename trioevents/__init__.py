@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from ._config import Config as Config
+from ._events import (
+    BROADCAST as BROADCAST,
+    SERVICE_POOL as SERVICE_POOL,
+    SINGLETON as SINGLETON,
+    EventDispatcher as EventDispatcher,
+    EventHandler as EventHandler,
+    HandlerType as HandlerType,
+    event_handler as event_handler,
+)
 from ._exceptions import (
     AccessRefused as AccessRefused,
     AlreadySettled as AlreadySettled,
@@ -23,6 +33,12 @@ from ._exceptions import (
     TransportError as TransportError,
     TrioEventsError as TrioEventsError,
 )
+from ._extensions import (
+    DependencyProvider as DependencyProvider,
+    Entrypoint as Entrypoint,
+    Extension as Extension,
+)
+from ._host import ServiceHost as ServiceHost
 from ._memory import MemoryTransport as MemoryTransport
 from ._message import (
     Delivery as Delivery,
@@ -32,18 +48,29 @@ from ._message import (
     Settlement as Settlement,
 )
 from ._version import __version__ as __version__
+from ._worker import WorkerContext as WorkerContext
 
 __all__ = [
+    "BROADCAST",
+    "SERVICE_POOL",
+    "SINGLETON",
     "AccessRefused",
     "AlreadySettled",
     "BrokerUnavailable",
     "ChannelClosedByBroker",
+    "Config",
     "ConfigurationError",
     "ConnectionLost",
     "ConsumerCancelled",
     "Delivery",
+    "DependencyProvider",
+    "Entrypoint",
+    "EventDispatcher",
+    "EventHandler",
     "EventHandlerConfigurationError",
     "ExchangeType",
+    "Extension",
+    "HandlerType",
     "InvalidRequest",
     "LocalProtocolError",
     "MemoryTransport",
@@ -56,9 +83,12 @@ __all__ = [
     "RemoteProtocolError",
     "ResourceLocked",
     "SerializationError",
+    "ServiceHost",
     "Settlement",
     "TransportError",
     "TrioEventsError",
+    "WorkerContext",
+    "event_handler",
 ]
 
 

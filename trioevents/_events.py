@@ -1,0 +1,445 @@
+"""nameko's events on trio: :class:`EventDispatcher` and :func:`event_handler`.
+
+Topology and wire format are nameko 2.14's (see ``docs/amqp.rst``): each source
+service publishes to the durable topic exchange ``{service}.events`` with the event
+type as routing key; each handler consumes a queue named after its handler type.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import trio
+
+from ._exceptions import (
+    ConfigurationError,
+    EventHandlerConfigurationError,
+    SerializationError,
+    TransportError,
+)
+from ._extensions import DependencyProvider, Entrypoint
+from ._message import ExchangeType, Properties
+
+if TYPE_CHECKING:
+    from ._message import Delivery
+    from ._worker import WorkerContext
+
+__all__ = [
+    "BROADCAST",
+    "SERVICE_POOL",
+    "SINGLETON",
+    "EventDispatcher",
+    "EventHandler",
+    "HandlerType",
+    "event_exchange_name",
+    "event_handler",
+]
+
+logger = logging.getLogger("trioevents.events")
+
+
+class HandlerType(enum.Enum):
+    """How the instances of a cluster share each event (nameko's handler types)."""
+
+    #: Every service type gets each event once, shared among its instances.
+    SERVICE_POOL = "service_pool"
+    #: One handler in the whole cluster gets each event.
+    SINGLETON = "singleton"
+    #: Every running handler instance gets each event.
+    BROADCAST = "broadcast"
+
+
+SERVICE_POOL: Final = HandlerType.SERVICE_POOL
+SINGLETON: Final = HandlerType.SINGLETON
+BROADCAST: Final = HandlerType.BROADCAST
+
+
+def event_exchange_name(service_name: str) -> str:
+    """Return the name of the exchange *service_name* dispatches its events to."""
+    return f"{service_name}.events"
+
+
+#: ``dispatch(event_type, event_data, **options)`` as injected into a worker.
+Dispatch = Callable[..., Awaitable[None]]
+
+#: Options a dispatch accepts, with the type each must have.
+PUBLISH_OPTIONS: Final[Mapping[str, type | tuple[type, ...]]] = {
+    "delivery_mode": int,
+    "priority": int,
+    "expiration": (str, int),
+    "headers": Mapping,
+    "mandatory": bool,
+    "message_id": str,
+    "correlation_id": str,
+}
+
+
+def check_publish_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check dispatch options; raise :class:`ConfigurationError` naming a bad one."""
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        expected = PUBLISH_OPTIONS.get(key)
+        if expected is None:
+            known = ", ".join(sorted(PUBLISH_OPTIONS))
+            raise ConfigurationError(
+                f"unknown dispatch option {key!r}; known options: {known}"
+            )
+        if not isinstance(value, expected) or isinstance(value, bool) != (
+            expected is bool
+        ):
+            raise ConfigurationError(
+                f"dispatch option {key!r} has the wrong type: {value!r}"
+            )
+        checked[key] = str(value) if key == "expiration" else value
+    return checked
+
+
+def build_properties(
+    content_type: str,
+    content_encoding: str,
+    headers: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+) -> tuple[Properties, bool]:
+    """Build nameko's message properties; return them and the ``mandatory`` flag."""
+    extra = options.get("headers")
+    if extra:
+        headers = {**(headers or {}), **extra}
+    properties = Properties(
+        content_type=content_type,
+        content_encoding=content_encoding,
+        headers=headers or None,
+        delivery_mode=options.get("delivery_mode", 2),
+        priority=options.get("priority", 0),
+        expiration=options.get("expiration"),
+        message_id=options.get("message_id"),
+        correlation_id=options.get("correlation_id"),
+    )
+    return properties, bool(options.get("mandatory", False))
+
+
+class EventDispatcher(DependencyProvider["Dispatch"]):
+    """Give each worker an async ``dispatch(event_type, event_data, **options)``.
+
+    Events go to the exchange ``{service}.events`` with *event_type* as routing
+    key; ``await dispatch(...)`` returns once the broker confirmed the message.
+
+    Parameters
+    ----------
+    **publish_options
+        Defaults for every dispatch: ``delivery_mode``, ``priority``,
+        ``expiration``, ``headers``, ``mandatory``, ``message_id``,
+        ``correlation_id``. A dispatch's own options override them.
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown option or one of the wrong type.
+    """
+
+    def __init__(self, **publish_options: Any) -> None:
+        self.publish_options = check_publish_options(publish_options)
+
+    async def setup(self) -> None:
+        await self._runner.declare_event_exchange(self.service_name)
+
+    def get_dependency(self, worker_ctx: WorkerContext) -> Dispatch:
+        runner = self._runner
+        exchange = event_exchange_name(self.service_name)
+        defaults = self.publish_options
+
+        async def dispatch(event_type: str, event_data: Any, **options: Any) -> None:
+            merged = {**defaults, **check_publish_options(options)}
+            await runner.host._publish_event(
+                exchange, event_type, event_data, merged, worker_ctx
+            )
+
+        return dispatch
+
+
+class EventHandler(Entrypoint):
+    """Call a service method for each event of *event_type* from *source_service*.
+
+    Parameters
+    ----------
+    source_service
+        The ``name`` of the service that dispatches the event.
+    event_type
+        The event type; also the binding key, so ``*`` and ``#`` wildcards work.
+    handler_type
+        :data:`SERVICE_POOL` (default), :data:`SINGLETON` or :data:`BROADCAST`.
+    reliable_delivery
+        Keep a durable queue that collects events while no handler runs; if
+        false the queue goes away with its consumer.
+    requeue_on_error
+        Requeue the event when the handler raises: ``True`` for any exception,
+        or a tuple of exception types to requeue only those. Otherwise the event
+        is acked and the error logged (nameko's behaviour).
+
+    Raises
+    ------
+    EventHandlerConfigurationError
+        ``BROADCAST`` with ``reliable_delivery=True`` and the default
+        :attr:`broadcast_identifier`, or an invalid option.
+    """
+
+    def __init__(
+        self,
+        source_service: str,
+        event_type: str,
+        handler_type: HandlerType | str = HandlerType.SERVICE_POOL,
+        reliable_delivery: bool = True,
+        requeue_on_error: bool | tuple[type[BaseException], ...] = False,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise EventHandlerConfigurationError(
+                f"unknown event_handler option(s): {', '.join(sorted(kwargs))}"
+            )
+        named: tuple[tuple[str, object], ...] = (
+            ("source_service", source_service),
+            ("event_type", event_type),
+        )
+        for what, value in named:
+            if not isinstance(value, str) or not value:
+                raise EventHandlerConfigurationError(
+                    f"{what} must be a non-empty str, not {value!r}"
+                )
+        try:
+            self.handler_type = HandlerType(handler_type)
+        except ValueError:
+            raise EventHandlerConfigurationError(
+                f"unknown handler_type {handler_type!r}; use SERVICE_POOL, "
+                "SINGLETON or BROADCAST"
+            ) from None
+        requeue: object = requeue_on_error
+        if not isinstance(requeue, bool) and not (
+            isinstance(requeue, tuple)
+            and all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in requeue
+            )
+        ):
+            raise EventHandlerConfigurationError(
+                "requeue_on_error must be a bool or a tuple of exception types, "
+                f"not {requeue_on_error!r}"
+            )
+        self.source_service = source_service
+        self.event_type = event_type
+        self.reliable_delivery = bool(reliable_delivery)
+        self.requeue_on_error = requeue_on_error
+        if (
+            self.handler_type is HandlerType.BROADCAST
+            and self.reliable_delivery
+            and type(self).broadcast_identifier is EventHandler.broadcast_identifier
+        ):
+            raise EventHandlerConfigurationError(
+                "You are using the default broadcast identifier which is not "
+                "compatible with reliable delivery: override the "
+                "broadcast_identifier property in a subclass of EventHandler, or "
+                "pass reliable_delivery=False."
+            )
+        self._consumer: Any = None
+        self._intake = trio.CancelScope()
+        self._default_identifier = uuid.uuid4().hex
+
+    # -- naming (nameko's, see DESIGN.md section 3)
+
+    @property
+    def broadcast_identifier(self) -> str:
+        """Tell the queues of ``BROADCAST`` handler instances apart.
+
+        By default a new uuid each time the host starts, so an instance never sees
+        the events dispatched while it was down. To get those (reliable delivery),
+        override this property in a subclass with something stable per instance,
+        such as the host name.
+        """
+        return self._default_identifier
+
+    @property
+    def queue_name(self) -> str:
+        """The name of the queue this handler consumes."""
+        src, event_type = self.source_service, self.event_type
+        if self.handler_type is HandlerType.SINGLETON:
+            return f"evt-{src}-{event_type}"
+        name = f"evt-{src}-{event_type}--{self.service_name}.{self.method_name}"
+        if self.handler_type is HandlerType.BROADCAST:
+            name = f"{name}-{self.broadcast_identifier}"
+        return name
+
+    def queue_flags(self) -> dict[str, bool]:
+        """The ``durable`` / ``auto_delete`` / ``exclusive`` flags of the queue."""
+        exclusive = (
+            self.handler_type is HandlerType.BROADCAST and not self.reliable_delivery
+        )
+        return {
+            "durable": True,
+            "auto_delete": not self.reliable_delivery,
+            "exclusive": exclusive,
+        }
+
+    # -- lifecycle
+
+    async def setup(self) -> None:
+        self._default_identifier = uuid.uuid4().hex
+        identifier: object = self.broadcast_identifier
+        if not isinstance(identifier, str) or not identifier:
+            raise EventHandlerConfigurationError(
+                f"broadcast_identifier must be a non-empty str, not {identifier!r}"
+            )
+        self._annotation = self._runner.payload_annotation(self.method_name)
+        self._intake = trio.CancelScope()
+
+    async def stop(self) -> None:
+        self._intake.cancel()
+        consumer = self._consumer
+        if consumer is not None:
+            await consumer.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        runner = self._runner
+        connection = runner.host._connection
+        exchange = event_exchange_name(self.source_service)
+        queue = self.queue_name
+        await connection.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+        flags = self.queue_flags()
+        await connection.declare_queue(
+            queue,
+            durable=flags["durable"],
+            auto_delete=flags["auto_delete"],
+            exclusive=flags["exclusive"],
+        )
+        await connection.bind_queue(queue, exchange, self.event_type)
+        limiter = runner.limiter
+        async with connection.open_consumer(
+            queue, prefetch_count=runner.prefetch_count
+        ) as consumer:
+            self._consumer = consumer
+            logger.info(
+                "consuming %r for %s.%s", queue, self.service_name, self.method_name
+            )
+            try:
+                async with trio.open_nursery() as workers:
+                    task_status.started()
+                    # stop() cancels the intake only: workers keep running, and a
+                    # delivery taken but not started goes back when we close.
+                    with self._intake:
+                        async for delivery in consumer:
+                            await limiter.acquire_on_behalf_of(delivery)
+                            workers.start_soon(self._handle, delivery)
+            finally:
+                self._consumer = None
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await self._handle_delivery(delivery)
+        finally:
+            self._runner.limiter.release_on_behalf_of(delivery)
+
+    async def _handle_delivery(self, delivery: Delivery) -> None:
+        runner = self._runner
+        props = delivery.properties
+        message_id = props.message_id
+        try:
+            payload = runner.decode(delivery, self._annotation)
+        except SerializationError as exc:
+            logger.error(
+                "rejecting undecodable event %r from %r for %s.%s (message id %s): %s",
+                self.event_type,
+                self.source_service,
+                self.service_name,
+                self.method_name,
+                message_id,
+                exc,
+            )
+            await _settle(delivery, requeue=False, reject=True)
+            return
+        _, error = await self.spawn_worker((payload,), headers=props.headers)
+        if error is None:
+            await _settle(delivery)
+            return
+        requeue = self.requeue_on_error is True or (
+            isinstance(self.requeue_on_error, tuple)
+            and isinstance(error, self.requeue_on_error)
+        )
+        logger.error(
+            "error handling event %r from %r in %s.%s (message id %s)%s",
+            delivery.routing_key,
+            self.source_service,
+            self.service_name,
+            self.method_name,
+            message_id,
+            "; requeued" if requeue else "; acked (not requeued)",
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        if requeue:
+            await _settle(delivery, requeue=True, reject=True)
+        else:
+            await _settle(delivery)
+
+
+async def _settle(
+    delivery: Delivery, *, requeue: bool = False, reject: bool = False
+) -> None:
+    """Ack or reject *delivery*, shielded so that a late cancel cannot lose it."""
+    with trio.CancelScope(shield=True):
+        try:
+            if reject:
+                await delivery.reject(requeue=requeue)
+            else:
+                await delivery.ack()
+        except (TransportError, trio.ClosedResourceError) as exc:
+            # The connection went away: the broker redelivers the message.
+            logger.warning(
+                "could not settle delivery %s of %r: %s",
+                delivery.delivery_tag,
+                delivery.routing_key,
+                exc,
+            )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def event_handler(
+    source_service: str,
+    event_type: str,
+    handler_type: HandlerType | str = HandlerType.SERVICE_POOL,
+    reliable_delivery: bool = True,
+    requeue_on_error: bool | tuple[type[BaseException], ...] = False,
+) -> Callable[[F], F]:
+    """Declare a service method as a handler of *event_type* from *source_service*.
+
+    nameko's decorator: ``@event_handler("orders", "order_placed")``. The method
+    must be ``async def`` and take the event payload as its argument; annotate it
+    with an attrs class or dataclass to get the payload structured by cattrs.
+
+    Parameters
+    ----------
+    source_service
+        The ``name`` of the service that dispatches the event.
+    event_type
+        The event type (the binding key: ``*`` and ``#`` wildcards work).
+    handler_type
+        How a cluster shares each event; see :ref:`handler-types`.
+    reliable_delivery
+        Keep events while no handler runs (a durable, non-auto-delete queue).
+    requeue_on_error
+        Requeue on an exception: ``True`` for any, or a tuple of exception types.
+
+    Raises
+    ------
+    EventHandlerConfigurationError
+        ``BROADCAST`` with ``reliable_delivery=True`` and the default identifier,
+        or an invalid option.
+    """
+    decorate: Callable[[F], F] = EventHandler.decorator(
+        source_service,
+        event_type,
+        handler_type=handler_type,
+        reliable_delivery=reliable_delivery,
+        requeue_on_error=requeue_on_error,
+    )
+    return decorate

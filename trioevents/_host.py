@@ -1,0 +1,526 @@
+"""ServiceHost: runs services' extensions and workers inside one trio nursery.
+
+Task structure (who owns what)::
+
+    serve()                       opens the connection and the one nursery
+    ├── publisher                 the only task that publishes for workers
+    └── consumers nursery
+        └── EventHandler.run      one per entrypoint: owns its consumer
+            └── worker tasks      one per delivery, bounded by max_workers
+
+A graceful :meth:`ServiceHost.stop` cancels the consumers first, lets the
+in-flight workers finish within ``SHUTDOWN_GRACE`` and ack, then cancels what is
+left. Cancelling :meth:`ServiceHost.serve` stops at once: unfinished handlers are
+cancelled and their messages go back to the queue, never acked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+import attrs
+import trio
+
+from ._config import Config, masked_uri
+from ._events import (
+    build_properties,
+    check_publish_options,
+    event_exchange_name,
+)
+from ._exceptions import (
+    ConfigurationError,
+    EventHandlerConfigurationError,
+    TransportError,
+)
+from ._extensions import DependencyProvider, Entrypoint, entrypoints_of
+from ._memory import MemoryTransport
+from ._message import ExchangeType
+from ._serialization import (
+    check_annotation,
+    decode_payload,
+    encode_payload,
+    make_converter,
+)
+from ._worker import WorkerContext
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from . import abc
+    from ._message import Delivery, Properties
+
+__all__ = ["ServiceHost", "StandaloneDispatch", "transport_for_uri"]
+
+logger = logging.getLogger("trioevents.host")
+
+
+def transport_for_uri(uri: str) -> abc.Transport:
+    """Return the transport for an ``AMQP_URI`` (``memory://`` or ``amqp://``).
+
+    Raises
+    ------
+    ConfigurationError
+        The URI's scheme is not supported.
+    """
+    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
+    if scheme == "memory":
+        return MemoryTransport.from_uri(uri)
+    if scheme in ("amqp", "amqps"):
+        raise ConfigurationError(
+            f"AMQP_URI {masked_uri(uri)!r}: the RabbitMQ transport is not part of "
+            "this release yet; use memory:// (the embedded broker)"
+        )
+    raise ConfigurationError(
+        f"AMQP_URI {masked_uri(uri)!r} has an unsupported scheme; use memory:// or "
+        "amqp://"
+    )
+
+
+class StandaloneDispatch(Protocol):
+    """``await dispatch(source_service, event_type, event_data, **options)``."""
+
+    async def __call__(
+        self, source_service: str, event_type: str, event_data: Any, **options: Any
+    ) -> None: ...
+
+
+@attrs.define(eq=False)
+class _PublishRequest:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+    mandatory: bool
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: BaseException | None = None
+
+
+class _ServiceRunner:
+    """One service class bound to one host: its extensions and its workers."""
+
+    def __init__(self, host: ServiceHost, cls: type) -> None:
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(
+                f"service class {cls.__qualname__} has no name: give it a class "
+                'attribute such as name = "orders"'
+            )
+        self.host = host
+        self.cls = cls
+        self.name = name
+        config = host.config
+        self.max_workers = config.max_workers
+        self.prefetch_count = (
+            config.prefetch_count
+            if config.prefetch_count is not None
+            else config.max_workers
+        )
+        self.limiter = trio.CapacityLimiter(self.max_workers)
+        self.dependencies: dict[str, DependencyProvider[Any]] = {}
+        self.entrypoints: list[Entrypoint] = []
+        for attr in dir(cls):
+            value = inspect.getattr_static(cls, attr, None)
+            if isinstance(value, DependencyProvider):
+                self.dependencies[attr] = value._bind_attr(self, attr)
+                continue
+            declared = entrypoints_of(value)
+            if not declared:
+                continue
+            if not inspect.iscoroutinefunction(value):
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{attr} is an entrypoint but not an "
+                    "'async def' method"
+                )
+            self.entrypoints.extend(ep._bind_method(self, attr) for ep in declared)
+
+    @property
+    def extensions(self) -> list[DependencyProvider[Any] | Entrypoint]:
+        return [*self.dependencies.values(), *self.entrypoints]
+
+    def payload_annotation(self, method_name: str) -> Any:
+        """Return the annotation of the payload parameter of *method_name*."""
+        fn = getattr(self.cls, method_name)
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        where = f"{self.cls.__qualname__}.{method_name}"
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise ConfigurationError(
+                f"{where} must take the event payload as its first argument"
+            )
+        required = [
+            p
+            for p in params[1:]
+            if p.default is inspect.Parameter.empty
+            and p.kind
+            not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        if required:
+            raise ConfigurationError(
+                f"{where} takes more required arguments than the event payload"
+            )
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the annotations of {where} cannot be resolved: {exc}"
+            ) from exc
+        annotation = hints.get(params[0].name, Any)
+        try:
+            check_annotation(annotation, converter=self.host._converter)
+        except ConfigurationError as exc:
+            raise EventHandlerConfigurationError(
+                f"{where}: the payload annotation cannot be structured: {exc}"
+            ) from exc
+        return annotation
+
+    def decode(self, delivery: Delivery, annotation: Any) -> Any:
+        """Decode a delivery's payload for a handler (raises SerializationError)."""
+        props = delivery.properties
+        config = self.host.config
+        return decode_payload(
+            delivery.body,
+            props.content_type,
+            props.content_encoding,
+            annotation,
+            converter=self.host._converter,
+            max_depth=config.max_json_depth,
+            max_size=config.max_message_size,
+        )
+
+    async def declare_event_exchange(self, service_name: str) -> None:
+        await self.host._connection.declare_exchange(
+            event_exchange_name(service_name), ExchangeType.TOPIC, durable=True
+        )
+
+    async def run_worker(
+        self,
+        entrypoint: Entrypoint,
+        args: tuple[Any, ...],
+        headers: Mapping[str, Any] | None,
+    ) -> tuple[Any, BaseException | None]:
+        ctx = WorkerContext.from_headers(
+            self.name,
+            entrypoint.method_name,
+            headers,
+            parent_calls_tracked=self.host.config.parent_calls_tracked,
+        )
+        service = self.cls()
+        deps = list(self.dependencies.values())
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            for dep in deps:
+                setattr(service, dep.attr_name, dep.get_dependency(ctx))
+            for dep in deps:
+                await dep.worker_setup(ctx)
+            result = await getattr(service, entrypoint.method_name)(*args)
+        except Exception as exc:
+            error = exc
+        for dep in deps:
+            try:
+                await dep.worker_result(ctx, result, error)
+            except Exception as exc:
+                logger.exception("worker_result of %r failed", dep)
+                error = error or exc
+        for dep in deps:
+            try:
+                await dep.worker_teardown(ctx)
+            except Exception as exc:
+                logger.exception("worker_teardown of %r failed", dep)
+                error = error or exc
+        for hook in self.host._worker_hooks:
+            hook(ctx, entrypoint, result, error)
+        return result, error
+
+
+#: Called with ``(worker_ctx, entrypoint, result, exc)`` after every worker.
+WorkerHook = typing.Callable[
+    [WorkerContext, Entrypoint, Any, "BaseException | None"], None
+]
+
+
+@final
+class ServiceHost:
+    """Run services: their event handlers, dispatchers and workers.
+
+    Parameters
+    ----------
+    services
+        Service classes (each with a ``name``).
+    config
+        nameko-style configuration: ``AMQP_URI`` (default ``memory://``, the
+        embedded broker), ``max_workers``, ``PREFETCH_COUNT``, ``SHUTDOWN_GRACE``
+        and the rest of :class:`~trioevents.Config`.
+
+    Examples
+    --------
+    ::
+
+        host = ServiceHost([Orders, Billing], config={"AMQP_URI": "memory://"})
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.serve)
+            async with host.dispatcher() as dispatch:
+                await dispatch("orders", "order_placed", {"id": 1})
+    """
+
+    def __init__(
+        self,
+        services: Sequence[type],
+        config: Mapping[str, Any] | Config | None = None,
+    ) -> None:
+        if isinstance(services, type):
+            services = [services]
+        self.services = list(services)
+        self.config = (
+            config if isinstance(config, Config) else Config.from_mapping(config or {})
+        )
+        self._transport: abc.Transport | None = None
+        self._converter = make_converter()
+        self._serving = False
+        self._runners: list[_ServiceRunner] = []
+        self._connection: abc.Connection = _NOT_CONNECTED
+        self._publish_send: trio.MemorySendChannel[_PublishRequest] | None = None
+        self._stop_requested: trio.Event | None = None
+        self._stopped: trio.Event | None = None
+        self._worker_hooks: list[WorkerHook] = []
+
+    def __repr__(self) -> str:
+        names = ", ".join(getattr(s, "name", s.__qualname__) for s in self.services)
+        return f"<ServiceHost [{names}] on {masked_uri(self.config.amqp_uri)}>"
+
+    @property
+    def transport(self) -> abc.Transport:
+        """The transport ``AMQP_URI`` selects."""
+        if self._transport is None:
+            self._transport = transport_for_uri(self.config.amqp_uri)
+        return self._transport
+
+    def _make_runners(self) -> list[_ServiceRunner]:
+        runners: list[_ServiceRunner] = []
+        seen: dict[str, type] = {}
+        for cls in self.services:
+            if not isinstance(cls, type):
+                raise ConfigurationError(f"services must be classes, not {cls!r}")
+            runner = _ServiceRunner(self, cls)
+            if runner.name in seen:
+                raise ConfigurationError(
+                    f"two services named {runner.name!r} in one host: "
+                    f"{seen[runner.name].__qualname__} and {cls.__qualname__}"
+                )
+            seen[runner.name] = cls
+            runners.append(runner)
+        return runners
+
+    # -- serving
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled or stopped.
+
+        Sets up every extension, starts them, starts one consumer per entrypoint and
+        reports started (``await nursery.start(host.serve)`` returns) once every
+        consumer is ready.
+
+        Raises
+        ------
+        ConfigurationError
+            A service or handler is misconfigured (raised before started).
+        trio.BusyResourceError
+            The host is already serving.
+        """
+        if self._serving:
+            raise trio.BusyResourceError("this ServiceHost is already serving")
+        runners = self._make_runners()
+        transport = self.transport
+        self._serving = True
+        self._runners = runners
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
+        try:
+            await self._serve(transport, runners, task_status)
+        except BaseExceptionGroup as group:
+            lone = _lone_exception(group)
+            if lone is None:
+                raise
+            raise lone from None
+        finally:
+            self._serving = False
+            self._connection = _NOT_CONNECTED
+            self._publish_send = None
+            self._stopped.set()
+
+    async def _serve(
+        self,
+        transport: abc.Transport,
+        runners: list[_ServiceRunner],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        extensions = [ext for runner in runners for ext in runner.extensions]
+        entrypoints = [ep for runner in runners for ep in runner.entrypoints]
+        async with transport.open_connection() as connection:
+            self._connection = connection
+            logger.info("connected to %s", masked_uri(self.config.amqp_uri))
+            send, receive = trio.open_memory_channel[_PublishRequest](1024)
+            self._publish_send = send
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publisher, connection, receive)
+                for ext in extensions:
+                    await ext.setup()
+                for ext in extensions:
+                    await ext.start()
+                async with trio.open_nursery() as consumers:
+                    for ep in entrypoints:
+                        await consumers.start(ep.run)
+                    logger.info(
+                        "serving %s", ", ".join(runner.name for runner in runners)
+                    )
+                    task_status.started()
+                    assert self._stop_requested is not None
+                    await self._stop_requested.wait()
+                    grace = self.config.shutdown_grace
+                    logger.info("stopping: finishing in-flight work (grace %ss)", grace)
+                    consumers.cancel_scope.deadline = trio.current_time() + grace
+                    for ep in entrypoints:
+                        await ep.stop()
+                if consumers.cancel_scope.cancelled_caught:
+                    logger.warning(
+                        "stopped: the grace period ended, unfinished handlers were "
+                        "cancelled and their messages return to the queue"
+                    )
+                for runner in runners:
+                    for dep in runner.dependencies.values():
+                        await dep.stop()
+                nursery.cancel_scope.cancel()
+            logger.info("stopped")
+
+    async def stop(self) -> None:
+        """Stop gracefully and wait until :meth:`serve` returned.
+
+        Consumers stop first; in-flight handlers finish (and are acked) within
+        ``SHUTDOWN_GRACE`` seconds; what is still running then is cancelled.
+        Does nothing if the host is not serving.
+        """
+        if not self._serving or self._stop_requested is None or self._stopped is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._stop_requested.set()
+        await self._stopped.wait()
+
+    # -- publishing
+
+    def _encode(self, event_data: Any) -> tuple[bytes, str, str]:
+        config = self.config
+        return encode_payload(
+            event_data,
+            converter=self._converter,
+            max_depth=config.max_json_depth,
+            max_size=config.max_message_size,
+        )
+
+    async def _publisher(
+        self,
+        connection: abc.Connection,
+        receive: trio.MemoryReceiveChannel[_PublishRequest],
+    ) -> None:
+        async with receive:
+            async for request in receive:
+                try:
+                    await connection.publish(
+                        request.exchange,
+                        request.routing_key,
+                        request.body,
+                        request.properties,
+                        mandatory=request.mandatory,
+                    )
+                except TransportError as exc:
+                    request.error = exc
+                finally:
+                    request.done.set()
+
+    async def _publish_event(
+        self,
+        exchange: str,
+        event_type: str,
+        event_data: Any,
+        options: Mapping[str, Any],
+        worker_ctx: WorkerContext | None,
+    ) -> None:
+        body, content_type, content_encoding = self._encode(event_data)
+        headers = worker_ctx.dispatch_headers() if worker_ctx is not None else None
+        properties, mandatory = build_properties(
+            content_type, content_encoding, headers, options
+        )
+        send = self._publish_send
+        if send is None:
+            raise trio.ClosedResourceError("the host is not serving")
+        request = _PublishRequest(exchange, event_type, body, properties, mandatory)
+        # Cancelled here: nothing was queued. Cancelled while waiting below: the
+        # publisher still publishes the event (at-least-once).
+        await send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+
+    @asynccontextmanager
+    async def dispatcher(self) -> AsyncIterator[StandaloneDispatch]:
+        """Open a connection for dispatching events from outside any service.
+
+        Works whether or not :meth:`serve` runs (nameko's standalone
+        ``event_dispatcher``); the ``dispatch`` it gives may be awaited from many
+        tasks at once and sends no worker-context headers::
+
+            async with host.dispatcher() as dispatch:
+                await dispatch("orders", "order_placed", {"id": 1})
+        """
+        declared: set[str] = set()
+        async with self.transport.open_connection() as connection:
+
+            async def dispatch(
+                source_service: str, event_type: str, event_data: Any, **options: Any
+            ) -> None:
+                checked = check_publish_options(options)
+                exchange = event_exchange_name(source_service)
+                body, content_type, content_encoding = self._encode(event_data)
+                properties, mandatory = build_properties(
+                    content_type, content_encoding, None, checked
+                )
+                if exchange not in declared:
+                    await connection.declare_exchange(
+                        exchange, ExchangeType.TOPIC, durable=True
+                    )
+                    declared.add(exchange)
+                await connection.publish(
+                    exchange, event_type, body, properties, mandatory=mandatory
+                )
+
+            yield dispatch
+
+
+def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """Return the only leaf exception of *group*, or None if there are several."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+class _NotConnected:
+    def __getattr__(self, name: str) -> Any:
+        raise trio.ClosedResourceError("the host is not connected to a broker")
+
+
+_NOT_CONNECTED: Any = _NotConnected()
