@@ -458,3 +458,44 @@ async def test_context_headers_propagate_through_a_chain(nursery: trio.Nursery) 
     assert first.data["language"] == "en-gb"
     assert second.data["language"] == "en-gb"
     nursery.cancel_scope.cancel()
+
+
+async def test_unknown_content_types_are_rejected_and_serving_goes_on(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trioevents import MemoryTransport, Properties
+
+    uri = fresh_uri()
+    host = make_host([Pool], uri)
+    await nursery.start(host.serve)
+    async with MemoryTransport.from_uri(uri).open_connection() as conn:
+        await conn.declare_queue("dead")
+        await conn.publish(
+            "src.events",
+            "ping",
+            b"\x80\x04K\x01.",
+            Properties(content_type="application/x-python-serialize", message_id="p-1"),
+        )
+        await conn.publish("src.events", "ping", b'{"n": 2}')
+    assert await recorder.wait_for(1) == [("pool", 2)]
+    await trio.testing.wait_all_tasks_blocked()
+    assert await queue_depth(uri, "evt-src-ping--pool.handle") == 0
+    assert any("p-1" in r.getMessage() for r in caplog.records)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_queue_declared_with_other_arguments_stops_serve_clearly(
+    nursery: trio.Nursery,
+) -> None:
+    """The broker's refusal comes out of serve() unwrapped, before started."""
+    from trioevents import MemoryTransport, PreconditionFailed
+
+    uri = fresh_uri()
+    queue = "evt-src-ping--pool.handle"
+    async with MemoryTransport.from_uri(uri).open_connection() as conn:
+        await conn.declare_queue(
+            queue, durable=True, arguments={"x-dead-letter-exchange": ""}
+        )
+        host = make_host([Pool], uri)
+        with pytest.raises(PreconditionFailed, match="inequivalent arg"):
+            await nursery.start(host.serve)

@@ -327,7 +327,12 @@ class EventHandler(Entrypoint):
                     # delivery taken but not started goes back when we close.
                     with self._intake:
                         async for delivery in consumer:
-                            await limiter.acquire_on_behalf_of(delivery)
+                            # receive() was this iteration's checkpoint: only wait
+                            # for the limiter when every worker slot is busy.
+                            try:
+                                limiter.acquire_on_behalf_of_nowait(delivery)
+                            except trio.WouldBlock:
+                                await limiter.acquire_on_behalf_of(delivery)
                             workers.start_soon(self._handle, delivery)
             finally:
                 self._consumer = None
