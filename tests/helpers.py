@@ -49,8 +49,8 @@ class Recorder:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait_for(self, count: int) -> list[tuple[str, Any]]:
-        with trio.fail_after(10):
+    async def wait_for(self, count: int, within: float = 10) -> list[tuple[str, Any]]:
+        with trio.fail_after(within):
             while len(self.calls) < count:
                 await self._changed.wait()
         return self.calls

@@ -21,6 +21,7 @@ from ._exceptions import (
     ConnectionLost as ConnectionLost,
     ConsumerCancelled as ConsumerCancelled,
     EventHandlerConfigurationError as EventHandlerConfigurationError,
+    HandlerTimeout as HandlerTimeout,
     InvalidRequest as InvalidRequest,
     LocalProtocolError as LocalProtocolError,
     NotFound as NotFound,
@@ -47,6 +48,7 @@ from ._message import (
     QueueDeclared as QueueDeclared,
     Settlement as Settlement,
 )
+from ._retry import Backoff as Backoff
 from ._version import __version__ as __version__
 from ._worker import WorkerContext as WorkerContext
 
@@ -56,6 +58,7 @@ __all__ = [
     "SINGLETON",
     "AccessRefused",
     "AlreadySettled",
+    "Backoff",
     "BrokerUnavailable",
     "ChannelClosedByBroker",
     "Config",
@@ -70,6 +73,7 @@ __all__ = [
     "EventHandlerConfigurationError",
     "ExchangeType",
     "Extension",
+    "HandlerTimeout",
     "HandlerType",
     "InvalidRequest",
     "LocalProtocolError",

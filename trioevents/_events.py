@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import attrs
 import trio
 
 from ._exceptions import (
@@ -23,6 +24,14 @@ from ._exceptions import (
 )
 from ._extensions import DependencyProvider, Entrypoint
 from ._message import ExchangeType, Properties
+from ._retry import (
+    Backoff,
+    attempts_so_far,
+    check_combination,
+    dead_letter_headers,
+    dlq_name,
+    retry_queue_name,
+)
 
 if TYPE_CHECKING:
     from ._message import Delivery
@@ -193,6 +202,9 @@ class EventHandler(Entrypoint):
         handler_type: HandlerType | str = HandlerType.SERVICE_POOL,
         reliable_delivery: bool = True,
         requeue_on_error: bool | tuple[type[BaseException], ...] = False,
+        *,
+        retry: Backoff | None = None,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -226,6 +238,20 @@ class EventHandler(Entrypoint):
                 "requeue_on_error must be a bool or a tuple of exception types, "
                 f"not {requeue_on_error!r}"
             )
+        if retry is not None and not isinstance(retry, Backoff):
+            raise EventHandlerConfigurationError(
+                f"retry must be a trioevents.Backoff, not {retry!r}"
+            )
+        check_combination(retry, requeue_on_error)
+        limit: object = timeout
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0
+        ):
+            raise EventHandlerConfigurationError(
+                f"timeout must be a positive number of seconds, not {timeout!r}"
+            )
+        self.retry = retry
+        self.timeout = None if timeout is None else float(timeout)
         self.source_service = source_service
         self.event_type = event_type
         self.reliable_delivery = bool(reliable_delivery)
@@ -346,43 +372,138 @@ class EventHandler(Entrypoint):
     async def _handle_delivery(self, delivery: Delivery) -> None:
         runner = self._runner
         props = delivery.properties
-        message_id = props.message_id
+        where = f"{self.service_name}.{self.method_name}"
+        queue = self.queue_name
+        attempt = attempts_so_far(props.headers, queue)
         try:
             payload = runner.decode(delivery, self._annotation)
         except SerializationError as exc:
             logger.error(
-                "rejecting undecodable event %r from %r for %s.%s (message id %s): %s",
-                self.event_type,
+                "dead-lettering undecodable event %r from %r for %s (message id "
+                "%s) to %r: %s",
+                delivery.routing_key,
                 self.source_service,
-                self.service_name,
-                self.method_name,
-                message_id,
+                where,
+                props.message_id,
+                dlq_name(queue),
                 exc,
             )
-            await _settle(delivery, requeue=False, reject=True)
+            await self._dead_letter(delivery, exc, attempt)
             return
         _, error = await self.spawn_worker((payload,), headers=props.headers)
         if error is None:
             await _settle(delivery)
+            return
+        exc_info = (type(error), error, error.__traceback__)
+        policy = self.retry
+        if policy is not None:
+            delay_ms = policy.delay_ms(attempt) if policy.retries(error) else None
+            if delay_ms is not None:
+                logger.warning(
+                    "error handling event %r from %r in %s (message id %s), attempt "
+                    "%d of %d; retrying in %s s",
+                    delivery.routing_key,
+                    self.source_service,
+                    where,
+                    props.message_id,
+                    attempt,
+                    policy.max_attempts,
+                    delay_ms / 1000,
+                    exc_info=exc_info,
+                )
+                await self._republish(
+                    delivery,
+                    retry_queue_name(queue, delay_ms),
+                    self._retry_arguments(delay_ms),
+                    error,
+                    attempt,
+                )
+            else:
+                logger.error(
+                    "error handling event %r from %r in %s (message id %s), attempt "
+                    "%d; giving up: dead-lettered to %r",
+                    delivery.routing_key,
+                    self.source_service,
+                    where,
+                    props.message_id,
+                    attempt,
+                    dlq_name(queue),
+                    exc_info=exc_info,
+                )
+                await self._dead_letter(delivery, error, attempt)
             return
         requeue = self.requeue_on_error is True or (
             isinstance(self.requeue_on_error, tuple)
             and isinstance(error, self.requeue_on_error)
         )
         logger.error(
-            "error handling event %r from %r in %s.%s (message id %s)%s",
+            "error handling event %r from %r in %s (message id %s)%s",
             delivery.routing_key,
             self.source_service,
-            self.service_name,
-            self.method_name,
-            message_id,
+            where,
+            props.message_id,
             "; requeued" if requeue else "; acked (not requeued)",
-            exc_info=(type(error), error, error.__traceback__),
+            exc_info=exc_info,
         )
         if requeue:
             await _settle(delivery, requeue=True, reject=True)
         else:
             await _settle(delivery)
+
+    # -- retries and dead letters (see _retry.py)
+
+    def _retry_arguments(self, delay_ms: int) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.queue_name,
+        }
+        if not self.reliable_delivery:
+            # the handler queue is not kept either: don't leak retry queues
+            arguments["x-expires"] = delay_ms + 60_000
+        return arguments
+
+    def _dlq_arguments(self) -> dict[str, Any]:
+        return {} if self.reliable_delivery else {"x-expires": 86_400_000}
+
+    async def _dead_letter(
+        self, delivery: Delivery, error: BaseException, attempt: int
+    ) -> None:
+        await self._republish(
+            delivery, dlq_name(self.queue_name), self._dlq_arguments(), error, attempt
+        )
+
+    async def _republish(
+        self,
+        delivery: Delivery,
+        queue: str,
+        arguments: dict[str, Any],
+        error: BaseException,
+        attempt: int,
+    ) -> None:
+        """Put a copy of *delivery* in *queue*, then ack it (at-least-once)."""
+        properties = attrs.evolve(
+            delivery.properties,
+            headers=dead_letter_headers(delivery, error, attempt),
+            expiration=None,
+        )
+        host = self._runner.host
+        try:
+            await host._connection.declare_queue(
+                queue, durable=True, arguments=arguments
+            )
+            await host._publish("", queue, delivery.body, properties)
+        except (TransportError, trio.ClosedResourceError) as exc:
+            logger.error(
+                "could not move event %r (message id %s) to %r: %s; requeued",
+                delivery.routing_key,
+                delivery.properties.message_id,
+                queue,
+                exc,
+            )
+            await _settle(delivery, requeue=True, reject=True)
+            return
+        await _settle(delivery)
 
 
 async def _settle(
@@ -414,6 +535,9 @@ def event_handler(
     handler_type: HandlerType | str = HandlerType.SERVICE_POOL,
     reliable_delivery: bool = True,
     requeue_on_error: bool | tuple[type[BaseException], ...] = False,
+    *,
+    retry: Backoff | None = None,
+    timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Declare a service method as a handler of *event_type* from *source_service*.
 
@@ -433,6 +557,13 @@ def event_handler(
         Keep events while no handler runs (a durable, non-auto-delete queue).
     requeue_on_error
         Requeue on an exception: ``True`` for any, or a tuple of exception types.
+    retry
+        A :class:`~trioevents.Backoff` policy: bounded retries after delays kept
+        by the broker, then the dead-letter queue ``{queue}.dlq``. Excludes
+        *requeue_on_error*.
+    timeout
+        Seconds the handler may run; past that it is cancelled and fails with
+        :class:`~trioevents.HandlerTimeout` (then handled like any error).
 
     Raises
     ------
@@ -446,5 +577,7 @@ def event_handler(
         handler_type=handler_type,
         reliable_delivery=reliable_delivery,
         requeue_on_error=requeue_on_error,
+        retry=retry,
+        timeout=timeout,
     )
     return decorate

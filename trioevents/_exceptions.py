@@ -6,6 +6,7 @@
     ├── ConfigurationError
     │   └── EventHandlerConfigurationError   (nameko's name)
     ├── SerializationError                    __cause__ = the codec / cattrs error
+    ├── HandlerTimeout                        a handler ran past its ``timeout``
     └── TransportError
         ├── InvalidRequest(ValueError)        refused before it reaches a broker
         ├── AlreadySettled                    a delivery acked / nacked / rejected twice
@@ -39,6 +40,7 @@ __all__ = [
     "ConnectionLost",
     "ConsumerCancelled",
     "EventHandlerConfigurationError",
+    "HandlerTimeout",
     "InvalidRequest",
     "LocalProtocolError",
     "NotFound",
@@ -67,6 +69,11 @@ class EventHandlerConfigurationError(ConfigurationError):
 
 class SerializationError(TrioEventsError):
     """A payload could not be encoded or decoded; ``__cause__`` tells why."""
+
+
+@final
+class HandlerTimeout(TrioEventsError):
+    """A handler ran longer than its ``timeout`` and was cancelled."""
 
 
 class TransportError(TrioEventsError):

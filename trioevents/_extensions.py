@@ -161,6 +161,8 @@ class Entrypoint(Extension):
     method_name: str
     #: The host waits for run() to report ready (``task_status.started()``).
     needs_consumer: ClassVar[bool] = True
+    #: Seconds a worker may run before it is cancelled (``HandlerTimeout``).
+    timeout: float | None = None
 
     def _bind_method(self, runner: _ServiceRunner, method_name: str) -> Self:
         bound = self._bind(runner)
@@ -192,6 +194,7 @@ class Entrypoint(Extension):
 
         if len(args) == 1 and not kwargs and isinstance(args[0], types.FunctionType):
             return register(args[0], (), {})
+        cls(*args, **kwargs)  # bad arguments fail here, at decoration
         return functools.partial(register, args=args, kwargs=kwargs)
 
     async def run(self, *, task_status: trio.TaskStatus[None]) -> None:

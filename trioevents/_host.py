@@ -34,6 +34,7 @@ from ._events import (
 from ._exceptions import (
     ConfigurationError,
     EventHandlerConfigurationError,
+    HandlerTimeout,
     TransportError,
 )
 from ._extensions import DependencyProvider, Entrypoint, entrypoints_of
@@ -219,7 +220,17 @@ class _ServiceRunner:
                 setattr(service, dep.attr_name, dep.get_dependency(ctx))
             for dep in deps:
                 await dep.worker_setup(ctx)
-            result = await getattr(service, entrypoint.method_name)(*args)
+            method = getattr(service, entrypoint.method_name)
+            if entrypoint.timeout is None:
+                result = await method(*args)
+            else:
+                with trio.move_on_after(entrypoint.timeout) as scope:
+                    result = await method(*args)
+                if scope.cancelled_caught:
+                    raise HandlerTimeout(
+                        f"{self.name}.{entrypoint.method_name} did not finish within "
+                        f"its timeout of {entrypoint.timeout} s"
+                    )
         except Exception as exc:
             error = exc
         for dep in deps:
@@ -457,10 +468,21 @@ class ServiceHost:
         properties, mandatory = build_properties(
             content_type, content_encoding, headers, options
         )
+        await self._publish(exchange, event_type, body, properties, mandatory)
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish through the publisher task; return once the broker confirmed."""
         send = self._publish_send
         if send is None:
             raise trio.ClosedResourceError("the host is not serving")
-        request = _PublishRequest(exchange, event_type, body, properties, mandatory)
+        request = _PublishRequest(exchange, routing_key, body, properties, mandatory)
         # Cancelled here: nothing was queued. Cancelled while waiting below: the
         # publisher still publishes the event (at-least-once).
         await send.send(request)

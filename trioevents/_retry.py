@@ -1,0 +1,225 @@
+"""Bounded retries with backoff and dead-letter queues, with RabbitMQ-native means.
+
+For a handler queue ``Q``:
+
+* ``Q.retry.<ms>`` -- one queue per delay, with ``x-message-ttl=<ms>`` and
+  ``x-dead-letter-exchange=""`` / ``x-dead-letter-routing-key=Q``: a message put
+  there comes back to ``Q`` when its delay is over. The broker records each trip
+  in the message's ``x-death`` header, which is where attempts are counted from.
+* ``Q.dlq`` -- the dead-letter queue: messages that failed for good (retries
+  exhausted, an error the policy does not retry, an undecodable payload), with
+  their original body and headers plus ``x-trioevents-*`` headers saying why.
+
+Both are declared when first needed, so a healthy service has neither.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, final
+
+import attrs
+
+from ._exceptions import EventHandlerConfigurationError
+
+if TYPE_CHECKING:
+    from ._message import Delivery
+
+__all__ = [
+    "DLQ_SUFFIX",
+    "ERROR_HEADER",
+    "Backoff",
+    "attempts_so_far",
+    "dead_letter_headers",
+    "dlq_name",
+    "retry_queue_name",
+]
+
+DLQ_SUFFIX: Final = ".dlq"
+RETRY_INFIX: Final = ".retry."
+#: Header of a dead-lettered message: ``"ExceptionType: message"``.
+ERROR_HEADER: Final = "x-trioevents-error"
+#: The last lines of the traceback of the error.
+TRACEBACK_HEADER: Final = "x-trioevents-traceback"
+#: Where the message was first published.
+ORIGINAL_EXCHANGE_HEADER: Final = "x-trioevents-original-exchange"
+ORIGINAL_ROUTING_KEY_HEADER: Final = "x-trioevents-original-routing-key"
+#: How many times the handler was tried.
+ATTEMPTS_HEADER: Final = "x-trioevents-attempts"
+_TRACEBACK_LIMIT = 4000
+
+
+def dlq_name(queue: str) -> str:
+    """Return the name of the dead-letter queue of handler queue *queue*."""
+    return f"{queue}{DLQ_SUFFIX}"
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """Return the name of the queue that delays retries of *queue* by *delay_ms*."""
+    return f"{queue}{RETRY_INFIX}{delay_ms}"
+
+
+@final
+@attrs.frozen(init=False)
+class Backoff:
+    """A retry policy: how long to wait before each new attempt, and for what.
+
+    ``Backoff(1, 5, 30)`` tries a failing handler again after 1 s, then 5 s, then
+    30 s; if the fourth attempt fails too, the message goes to the dead-letter
+    queue ``{queue}.dlq``. Delays are kept by the broker (TTL queues), so a retry
+    survives a restart of the service.
+
+    Parameters
+    ----------
+    *delays
+        Seconds to wait before the 2nd, 3rd, ... attempt (at least one).
+    retry_on
+        The exception types worth retrying; any other error sends the message
+        to the dead-letter queue at once.
+
+    Raises
+    ------
+    EventHandlerConfigurationError
+        No delay, a negative delay, or *retry_on* is not a tuple of exception
+        types.
+    """
+
+    delays: tuple[float, ...]
+    retry_on: tuple[type[BaseException], ...]
+
+    def __init__(
+        self,
+        *delays: float,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> None:
+        checked: list[float] = []
+        for delay in delays:
+            value: object = delay
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value < 0
+            ):
+                raise EventHandlerConfigurationError(
+                    f"Backoff delays must be non-negative numbers of seconds, not {delay!r}"
+                )
+            checked.append(float(value))
+        if not checked:
+            raise EventHandlerConfigurationError("Backoff needs at least one delay")
+        types: object = retry_on
+        if not isinstance(types, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in types
+        ):
+            raise EventHandlerConfigurationError(
+                f"retry_on must be a tuple of exception types, not {retry_on!r}"
+            )
+        self.__attrs_init__(tuple(checked), retry_on)
+
+    @classmethod
+    def exponential(
+        cls,
+        first: float = 1.0,
+        *,
+        factor: float = 2.0,
+        max_delay: float = 300.0,
+        retries: int = 5,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Backoff:
+        """Build ``first, first*factor, ...`` capped at *max_delay*, *retries* times."""
+        delays = [min(first * factor**n, max_delay) for n in range(retries)]
+        return cls(*delays, retry_on=retry_on)
+
+    @property
+    def max_attempts(self) -> int:
+        """The first attempt plus one per delay."""
+        return len(self.delays) + 1
+
+    def delay_ms(self, attempt: int) -> int | None:
+        """Milliseconds to wait after failed attempt *attempt*; None: give up."""
+        if attempt >= self.max_attempts:
+            return None
+        return round(self.delays[attempt - 1] * 1000)
+
+    def retries(self, error: BaseException) -> bool:
+        """Tell whether *error* is worth another attempt."""
+        return isinstance(error, self.retry_on)
+
+    def distinct_delays_ms(self) -> list[int]:
+        """The distinct delays, in milliseconds (one retry queue each)."""
+        return sorted({round(d * 1000) for d in self.delays})
+
+
+def attempts_so_far(headers: Mapping[str, Any] | None, queue: str) -> int:
+    """Count the attempts a delivery from *queue* already had, from ``x-death``.
+
+    Each trip through a retry queue of *queue* (``reason == "expired"``) is one
+    failed attempt; the delivery at hand is the next one.
+    """
+    if not headers:
+        return 1
+    deaths = headers.get("x-death")
+    prefix = f"{queue}{RETRY_INFIX}"
+    failed = 0
+    for entry in deaths if isinstance(deaths, list) else ():
+        if (
+            isinstance(entry, Mapping)
+            and entry.get("reason") == "expired"
+            and isinstance(entry.get("queue"), str)
+            and entry["queue"].startswith(prefix)
+        ):
+            count = entry.get("count")
+            failed += count if isinstance(count, int) and count > 0 else 1
+    return failed + 1
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    summary = f"{type(error).__qualname__}: {error}"
+    lines = traceback.format_exception(type(error), error, error.__traceback__)
+    text = "".join(lines)
+    return summary[:1000], text[-_TRACEBACK_LIMIT:]
+
+
+def dead_letter_headers(
+    delivery: Delivery, error: BaseException | str, attempts: int
+) -> dict[str, Any]:
+    """Headers of the copy that goes to a retry or dead-letter queue.
+
+    The original headers are kept (``x-death`` too); the original exchange and
+    routing key, the attempt count and the last error are added.
+    """
+    headers = dict(delivery.properties.headers or {})
+    headers.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.exchange)
+    headers.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.routing_key)
+    headers[ATTEMPTS_HEADER] = attempts
+    if isinstance(error, BaseException):
+        summary, text = _describe(error)
+        headers[ERROR_HEADER] = summary
+        headers[TRACEBACK_HEADER] = text
+    else:
+        headers[ERROR_HEADER] = error[:1000]
+        headers.pop(TRACEBACK_HEADER, None)
+    return headers
+
+
+def _names(values: Iterable[type[BaseException]]) -> str:
+    return ", ".join(t.__qualname__ for t in values)
+
+
+def describe_policy(policy: Backoff | None, requeue: object) -> str:
+    """A short description of what happens on a handler error, for logs."""
+    if policy is not None:
+        return (
+            f"retry {_names(policy.retry_on)} after {list(policy.delays)} s, "
+            "then dead-letter"
+        )
+    return "requeue" if requeue else "ack and log"
+
+
+def check_combination(policy: Backoff | None, requeue_on_error: object) -> None:
+    """Refuse ``retry=`` together with ``requeue_on_error``."""
+    if policy is not None and requeue_on_error not in (False, ()):
+        raise EventHandlerConfigurationError(
+            "retry= and requeue_on_error= both decide what a failed event does; "
+            "use one of them"
+        )
