@@ -23,6 +23,9 @@ config key                attribute                 default
 ``SHUTDOWN_GRACE``        ``shutdown_grace``        ``30`` seconds
 ``parent_calls_tracked``  ``parent_calls_tracked``  ``10``
 ``PUBLISH_TIMEOUT``       ``publish_timeout``       ``30`` seconds (``None``: no deadline)
+``CONNECT_ATTEMPTS``      ``connect_attempts``      ``5`` tries before ``serve()`` gives up
+``RECONNECT_DELAY``       ``reconnect_delay``       ``0.5`` seconds, doubled per failure
+``RECONNECT_MAX_DELAY``   ``reconnect_max_delay``   ``30`` seconds
 ``LOGGING``               ``logging_config``        ``None``
 ``MAX_MESSAGE_SIZE``      ``max_message_size``      16 MiB
 ``MAX_JSON_DEPTH``        ``max_json_depth``        ``100``
@@ -240,6 +243,15 @@ class Config:
     publish_timeout
         ``PUBLISH_TIMEOUT``: seconds a dispatch waits for the broker's confirm;
         ``None`` waits for ever.
+    connect_attempts
+        ``CONNECT_ATTEMPTS``: how many times ``serve()`` tries to connect before
+        it fails with :class:`~trioevents.BrokerUnavailable`. Once serving, a lost
+        connection is retried for ever.
+    reconnect_delay
+        ``RECONNECT_DELAY``: seconds before the first reconnect; each failure
+        doubles it (with jitter) up to :attr:`reconnect_max_delay`.
+    reconnect_max_delay
+        ``RECONNECT_MAX_DELAY``: the longest wait between two connection attempts.
     logging_config
         ``LOGGING``: a :func:`logging.config.dictConfig` mapping, or ``None``.
     max_message_size
@@ -269,6 +281,15 @@ class Config:
     )
     publish_timeout: float | None = attrs.field(
         default=30, validator=_seconds("PUBLISH_TIMEOUT", optional=True, positive=True)
+    )
+    connect_attempts: int = attrs.field(
+        default=5, validator=_int_at_least("CONNECT_ATTEMPTS", 1)
+    )
+    reconnect_delay: float = attrs.field(
+        default=0.5, validator=_seconds("RECONNECT_DELAY")
+    )
+    reconnect_max_delay: float = attrs.field(
+        default=30, validator=_seconds("RECONNECT_MAX_DELAY")
     )
     logging_config: Mapping[str, Any] | None = attrs.field(
         default=None, validator=_check_logging, converter=_copy_mapping, hash=False
@@ -417,6 +438,9 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "shutdown_grace": "SHUTDOWN_GRACE",
     "parent_calls_tracked": "parent_calls_tracked",
     "publish_timeout": "PUBLISH_TIMEOUT",
+    "connect_attempts": "CONNECT_ATTEMPTS",
+    "reconnect_delay": "RECONNECT_DELAY",
+    "reconnect_max_delay": "RECONNECT_MAX_DELAY",
     "logging_config": "LOGGING",
     "max_message_size": "MAX_MESSAGE_SIZE",
     "max_json_depth": "MAX_JSON_DEPTH",

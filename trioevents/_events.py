@@ -34,6 +34,7 @@ from ._retry import (
 )
 
 if TYPE_CHECKING:
+    from . import abc
     from ._message import Delivery
     from ._worker import WorkerContext
 
@@ -152,8 +153,10 @@ class EventDispatcher(DependencyProvider["Dispatch"]):
     def __init__(self, **publish_options: Any) -> None:
         self.publish_options = check_publish_options(publish_options)
 
-    async def setup(self) -> None:
-        await self._runner.declare_event_exchange(self.service_name)
+    async def declare(self, connection: abc.Connection) -> None:
+        await connection.declare_exchange(
+            event_exchange_name(self.service_name), ExchangeType.TOPIC, durable=True
+        )
 
     def get_dependency(self, worker_ctx: WorkerContext) -> Dispatch:
         runner = self._runner
@@ -339,6 +342,7 @@ class EventHandler(Entrypoint):
         )
         await connection.bind_queue(queue, exchange, self.event_type)
         limiter = runner.limiter
+        self._intake = trio.CancelScope()
         async with connection.open_consumer(
             queue, prefetch_count=runner.prefetch_count
         ) as consumer:
@@ -346,28 +350,34 @@ class EventHandler(Entrypoint):
             logger.info(
                 "consuming %r for %s.%s", queue, self.service_name, self.method_name
             )
+            in_flight = _InFlight()
+            workers = runner.host._workers
             try:
-                async with trio.open_nursery() as workers:
-                    task_status.started()
-                    # stop() cancels the intake only: workers keep running, and a
-                    # delivery taken but not started goes back when we close.
-                    with self._intake:
-                        async for delivery in consumer:
-                            # receive() was this iteration's checkpoint: only wait
-                            # for the limiter when every worker slot is busy.
-                            try:
-                                limiter.acquire_on_behalf_of_nowait(delivery)
-                            except trio.WouldBlock:
-                                await limiter.acquire_on_behalf_of(delivery)
-                            workers.start_soon(self._handle, delivery)
+                task_status.started()
+                # stop() cancels the intake only: workers keep running, and a
+                # delivery taken but not started goes back when we close.
+                with self._intake:
+                    async for delivery in consumer:
+                        # receive() was this iteration's checkpoint: only wait
+                        # for the limiter when every worker slot is busy.
+                        try:
+                            limiter.acquire_on_behalf_of_nowait(delivery)
+                        except trio.WouldBlock:
+                            await limiter.acquire_on_behalf_of(delivery)
+                        in_flight.count += 1
+                        workers.start_soon(self._handle, delivery, in_flight)
+                # Stopping: keep the consumer (and so the deliveries' channel)
+                # open until our in-flight workers settled their deliveries.
+                await in_flight.wait_idle()
             finally:
                 self._consumer = None
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, in_flight: _InFlight) -> None:
         try:
             await self._handle_delivery(delivery)
         finally:
             self._runner.limiter.release_on_behalf_of(delivery)
+            in_flight.done()
 
     async def _handle_delivery(self, delivery: Delivery) -> None:
         runner = self._runner
@@ -504,6 +514,31 @@ class EventHandler(Entrypoint):
             await _settle(delivery, requeue=True, reject=True)
             return
         await _settle(delivery)
+
+
+class _InFlight:
+    """Counts one consumer's running workers; lets it wait until none is left.
+
+    Workers run in the host's worker nursery, not in the consumer task, so that a
+    lost connection does not cancel them (their settle fails and the broker
+    redelivers; their dispatches wait for the reconnect).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: trio.Event | None = None
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if self.count:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 async def _settle(

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     import trio
 
+    from . import abc
     from ._host import ServiceHost, _ServiceRunner
     from ._worker import WorkerContext
 
@@ -78,6 +79,12 @@ class Extension:
 
     async def start(self) -> None:
         """Start once every extension of the host is set up."""
+
+    async def declare(self, connection: abc.Connection) -> None:
+        """Declare what the extension needs on the broker.
+
+        Called on every (re)connection, before any consumer starts.
+        """
 
     async def stop(self) -> None:
         """Stop gracefully; called when the host is asked to stop."""

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
+import random
 import typing
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -32,7 +35,9 @@ from ._events import (
     event_exchange_name,
 )
 from ._exceptions import (
+    BrokerUnavailable,
     ConfigurationError,
+    ConnectionLost,
     EventHandlerConfigurationError,
     HandlerTimeout,
     TransportError,
@@ -98,6 +103,45 @@ class _PublishRequest:
     mandatory: bool
     done: trio.Event = attrs.Factory(trio.Event)
     error: BaseException | None = None
+    #: The dispatcher gave up waiting (PUBLISH_TIMEOUT): don't publish it late.
+    abandoned: bool = False
+
+
+class _Started:
+    """Calls ``task_status.started()`` once, on the first successful connect."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self._task_status = task_status
+        self.done = False
+
+    def started(self) -> None:
+        if not self.done:
+            self.done = True
+            self._task_status.started()
+
+
+#: What a dead connection raises.
+_LOST = (ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """Return the cause if *exc* means the connection failed, else None.
+
+    A group counts if every leaf in it is a connection failure.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    if leaves and all(isinstance(e, (*_LOST, BrokerUnavailable)) for e in leaves):
+        return leaves[0]
+    return None
 
 
 class _ServiceRunner:
@@ -194,11 +238,6 @@ class _ServiceRunner:
             max_size=config.max_message_size,
         )
 
-    async def declare_event_exchange(self, service_name: str) -> None:
-        await self.host._connection.declare_exchange(
-            event_exchange_name(service_name), ExchangeType.TOPIC, durable=True
-        )
-
     async def run_worker(
         self,
         entrypoint: Entrypoint,
@@ -268,6 +307,9 @@ class ServiceHost:
         nameko-style configuration: ``AMQP_URI`` (default ``memory://``, the
         embedded broker), ``max_workers``, ``PREFETCH_COUNT``, ``SHUTDOWN_GRACE``
         and the rest of :class:`~trioevents.Config`.
+    transport
+        A transport to use instead of the one ``AMQP_URI`` names (tests, custom
+        brokers).
 
     Examples
     --------
@@ -284,6 +326,8 @@ class ServiceHost:
         self,
         services: Sequence[type],
         config: Mapping[str, Any] | Config | None = None,
+        *,
+        transport: abc.Transport | None = None,
     ) -> None:
         if isinstance(services, type):
             services = [services]
@@ -291,12 +335,16 @@ class ServiceHost:
         self.config = (
             config if isinstance(config, Config) else Config.from_mapping(config or {})
         )
-        self._transport: abc.Transport | None = None
+        self._transport: abc.Transport | None = transport
         self._converter = make_converter()
         self._serving = False
         self._runners: list[_ServiceRunner] = []
         self._connection: abc.Connection = _NOT_CONNECTED
         self._publish_send: trio.MemorySendChannel[_PublishRequest] | None = None
+        self._publish_receive: trio.MemoryReceiveChannel[_PublishRequest] | None = None
+        self._pending: deque[_PublishRequest] = deque()
+        self._workers: trio.Nursery = _NOT_CONNECTED
+        self._connected_once = False
         self._stop_requested: trio.Event | None = None
         self._stopped: trio.Event | None = None
         self._worker_hooks: list[WorkerHook] = []
@@ -364,7 +412,7 @@ class ServiceHost:
         finally:
             self._serving = False
             self._connection = _NOT_CONNECTED
-            self._publish_send = None
+            self._publish_send = self._publish_receive = None
             self._stopped.set()
 
     async def _serve(
@@ -374,42 +422,121 @@ class ServiceHost:
         task_status: trio.TaskStatus[None],
     ) -> None:
         extensions = [ext for runner in runners for ext in runner.extensions]
+        send, receive = trio.open_memory_channel[_PublishRequest](1024)
+        self._publish_send, self._publish_receive = send, receive
+        self._pending.clear()
+        for ext in extensions:
+            await ext.setup()
+        for ext in extensions:
+            await ext.start()
+        started = _Started(task_status)
+        assert self._stop_requested is not None
+        async with trio.open_nursery() as workers:
+            self._workers = workers
+            await self._connection_loop(transport, runners, started)
+            # Stopped gracefully: workers still running (e.g. the stop came during
+            # an outage) get what is left of the grace period.
+            if workers.cancel_scope.deadline == math.inf:
+                grace = self.config.shutdown_grace
+                workers.cancel_scope.deadline = trio.current_time() + grace
+        if workers.cancel_scope.cancelled_caught:
+            logger.warning(
+                "the grace period ended: unfinished handlers were cancelled and "
+                "their messages return to the queue"
+            )
+        for runner in runners:
+            for dep in runner.dependencies.values():
+                await dep.stop()
+        logger.info("stopped")
+
+    async def _connection_loop(
+        self,
+        transport: abc.Transport,
+        runners: list[_ServiceRunner],
+        started: _Started,
+    ) -> None:
+        """Serve, reconnecting with capped exponential backoff, until stopped."""
+        config = self.config
+        uri = masked_uri(config.amqp_uri)
+        assert self._stop_requested is not None
+        failures = 0
+        while True:
+            try:
+                await self._serve_connection(transport, runners, started)
+                break
+            except BaseException as exc:
+                cause = _connection_failure(exc)
+                if cause is None:
+                    raise
+                if self._stop_requested.is_set():
+                    logger.warning("connection lost while stopping: %s", cause)
+                    break
+                failures = 1 if self._connected_once else failures + 1
+                self._connected_once = False
+                if not started.done and failures >= config.connect_attempts:
+                    raise BrokerUnavailable(
+                        f"could not connect to {uri} ({failures} attempts): {cause}"
+                    ) from cause
+                delay = min(
+                    config.reconnect_delay * 2 ** (failures - 1),
+                    config.reconnect_max_delay,
+                ) * random.uniform(0.5, 1.0)
+                logger.warning(
+                    "%s %s: %s; reconnecting in %.1f s (attempt %d)",
+                    "connection lost to" if started.done else "cannot connect to",
+                    uri,
+                    cause,
+                    delay,
+                    failures + 1,
+                )
+                with trio.move_on_after(delay):
+                    await self._stop_requested.wait()
+                if self._stop_requested.is_set():
+                    break
+
+    async def _serve_connection(
+        self,
+        transport: abc.Transport,
+        runners: list[_ServiceRunner],
+        started: _Started,
+    ) -> None:
+        """Serve on one connection until stopped gracefully or the connection dies."""
+        extensions = [ext for runner in runners for ext in runner.extensions]
         entrypoints = [ep for runner in runners for ep in runner.entrypoints]
+        assert self._stop_requested is not None
         async with transport.open_connection() as connection:
             self._connection = connection
-            logger.info("connected to %s", masked_uri(self.config.amqp_uri))
-            send, receive = trio.open_memory_channel[_PublishRequest](1024)
-            self._publish_send = send
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._publisher, connection, receive)
-                for ext in extensions:
-                    await ext.setup()
-                for ext in extensions:
-                    await ext.start()
-                async with trio.open_nursery() as consumers:
-                    for ep in entrypoints:
-                        await consumers.start(ep.run)
-                    logger.info(
-                        "serving %s", ", ".join(runner.name for runner in runners)
-                    )
-                    task_status.started()
-                    assert self._stop_requested is not None
-                    await self._stop_requested.wait()
-                    grace = self.config.shutdown_grace
-                    logger.info("stopping: finishing in-flight work (grace %ss)", grace)
-                    consumers.cancel_scope.deadline = trio.current_time() + grace
-                    for ep in entrypoints:
-                        await ep.stop()
-                if consumers.cancel_scope.cancelled_caught:
-                    logger.warning(
-                        "stopped: the grace period ended, unfinished handlers were "
-                        "cancelled and their messages return to the queue"
-                    )
-                for runner in runners:
-                    for dep in runner.dependencies.values():
-                        await dep.stop()
-                nursery.cancel_scope.cancel()
-            logger.info("stopped")
+            try:
+                logger.info("connected to %s", masked_uri(self.config.amqp_uri))
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._publisher, connection)
+                    for ext in extensions:
+                        await ext.declare(connection)
+                    async with trio.open_nursery() as consumers:
+                        for ep in entrypoints:
+                            await consumers.start(ep.run)
+                        self._connected_once = True
+                        logger.info(
+                            "%s %s",
+                            "resumed" if started.done else "serving",
+                            ", ".join(runner.name for runner in runners),
+                        )
+                        started.started()
+                        await self._stop_requested.wait()
+                        grace = self.config.shutdown_grace
+                        logger.info(
+                            "stopping: consumers cancelled, finishing in-flight "
+                            "work (grace %s s)",
+                            grace,
+                        )
+                        deadline = trio.current_time() + grace
+                        consumers.cancel_scope.deadline = deadline
+                        self._workers.cancel_scope.deadline = deadline
+                        for ep in entrypoints:
+                            await ep.stop()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._connection = _NOT_CONNECTED
 
     async def stop(self) -> None:
         """Stop gracefully and wait until :meth:`serve` returned.
@@ -435,25 +562,40 @@ class ServiceHost:
             max_size=config.max_message_size,
         )
 
-    async def _publisher(
-        self,
-        connection: abc.Connection,
-        receive: trio.MemoryReceiveChannel[_PublishRequest],
-    ) -> None:
-        async with receive:
-            async for request in receive:
-                try:
-                    await connection.publish(
-                        request.exchange,
-                        request.routing_key,
-                        request.body,
-                        request.properties,
-                        mandatory=request.mandatory,
-                    )
-                except TransportError as exc:
-                    request.error = exc
-                finally:
-                    request.done.set()
+    async def _publisher(self, connection: abc.Connection) -> None:
+        """Publish what workers queued, on *connection*, until it dies.
+
+        A request whose publish was interrupted (the connection died, or this task
+        was cancelled) goes back to the front of the line and is published again
+        on the next connection: at-least-once, never a success reported for an
+        unconfirmed message.
+        """
+        receive = self._publish_receive
+        assert receive is not None
+        pending = self._pending
+        while True:
+            request = pending.popleft() if pending else await receive.receive()
+            if request.abandoned:
+                continue
+            try:
+                await connection.publish(
+                    request.exchange,
+                    request.routing_key,
+                    request.body,
+                    request.properties,
+                    mandatory=request.mandatory,
+                )
+            except _LOST as exc:
+                pending.appendleft(request)
+                raise ConnectionLost(f"publishing failed: {exc}") from exc
+            except TransportError as exc:
+                request.error = exc
+                request.done.set()
+            except BaseException:
+                pending.appendleft(request)
+                raise
+            else:
+                request.done.set()
 
     async def _publish_event(
         self,
@@ -483,10 +625,17 @@ class ServiceHost:
         if send is None:
             raise trio.ClosedResourceError("the host is not serving")
         request = _PublishRequest(exchange, routing_key, body, properties, mandatory)
-        # Cancelled here: nothing was queued. Cancelled while waiting below: the
-        # publisher still publishes the event (at-least-once).
-        await send.send(request)
-        await request.done.wait()
+        # Cancelled before send() returned: nothing was queued. Cancelled while
+        # waiting for the confirm: the publisher still publishes it (at-least-once).
+        with trio.move_on_after(self.config.publish_timeout or math.inf) as scope:
+            await send.send(request)
+            await request.done.wait()
+        if scope.cancelled_caught:
+            request.abandoned = True
+            raise BrokerUnavailable(
+                f"the broker did not confirm the message to {exchange!r} within "
+                f"PUBLISH_TIMEOUT ({self.config.publish_timeout} s)"
+            )
         if request.error is not None:
             raise request.error
 
