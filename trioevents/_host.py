@@ -124,21 +124,19 @@ class _Started:
 _LOST = (ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """Return the exceptions in *exc*, with every exception group flattened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _connection_failure(exc: BaseException) -> BaseException | None:
     """Return the cause if *exc* means the connection failed, else None.
 
     A group counts if every leaf in it is a connection failure.
     """
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for inner in e.exceptions:
-                walk(inner)
-        else:
-            leaves.append(e)
-
-    walk(exc)
+    leaves = _leaves(exc)
     if leaves and all(isinstance(e, (*_LOST, BrokerUnavailable)) for e in leaves):
         return leaves[0]
     return None
@@ -676,16 +674,7 @@ class ServiceHost:
 
 def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """Return the only leaf exception of *group*, or None if there are several."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
+    leaves = _leaves(group)
     return leaves[0] if len(leaves) == 1 else None
 
 
