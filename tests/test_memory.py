@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from trioevents import InvalidRequest, MemoryTransport
-from trioevents._memory import drop_broker, split_topic, topic_matches
+from trioevents._memory import drop_broker
+from trioevents._routing import split_topic, topic_matches
 
 
 @pytest.mark.parametrize(
