@@ -18,6 +18,7 @@ import pytest
 
 from trioevents import MemoryTransport
 from trioevents._memory import drop_broker
+from trioevents.amqp import AmqpTransport
 from trioevents.testing import TRANSPORT_CHECKS, check_transport
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from trioevents.abc import Transport
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
 def transport_kind(request: pytest.FixtureRequest) -> str:
     """The name of the transport under test."""
     kind: str = request.param
@@ -47,8 +48,15 @@ def transport_clock(
 
 
 @pytest.fixture
-def make_transport(transport_kind: str) -> Iterator[Callable[[], Transport]]:
+def make_transport(
+    transport_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[[], Transport]]:
     """Return a factory of transports, each onto a fresh broker namespace."""
+    if transport_kind == "amqp":
+        # One fresh vhost per test: every check calls the factory once.
+        uri: str = request.getfixturevalue("rabbit_vhost")
+        yield lambda: AmqpTransport(uri)
+        return
     if transport_kind != "memory":
         raise LookupError(f"no transport factory for {transport_kind!r}")
     names: list[str] = []

@@ -52,6 +52,7 @@ from ._serialization import (
     make_converter,
 )
 from ._worker import WorkerContext
+from .amqp import AmqpTransport
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -64,21 +65,33 @@ __all__ = ["ServiceHost", "StandaloneDispatch", "transport_for_uri"]
 logger = logging.getLogger("trioevents.host")
 
 
-def transport_for_uri(uri: str) -> abc.Transport:
-    """Return the transport for an ``AMQP_URI`` (``memory://`` or ``amqp://``).
+def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
+    """Return the transport for an ``AMQP_URI``.
+
+    ``memory://NAME`` is the embedded broker of that name; ``amqp://`` and
+    ``amqps://`` are RabbitMQ (:class:`~trioevents.amqp.AmqpTransport`), with
+    ``HEARTBEAT`` and ``AMQP_SSL`` taken from *config*.
+
+    Parameters
+    ----------
+    uri
+        The broker's URI.
+    config
+        The host's configuration; defaults apply when ``None``.
 
     Raises
     ------
     ConfigurationError
-        The URI's scheme is not supported.
+        The URI's scheme is not supported, or the URI or ssl options are
+        invalid.
     """
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if scheme == "memory":
         return MemoryTransport.from_uri(uri)
     if scheme in ("amqp", "amqps"):
-        raise ConfigurationError(
-            f"AMQP_URI {masked_uri(uri)!r}: the RabbitMQ transport is not part of "
-            "this release yet; use memory:// (the embedded broker)"
+        config = config if config is not None else Config()
+        return AmqpTransport(
+            uri, heartbeat=config.heartbeat, ssl_options=config.amqp_ssl
         )
     raise ConfigurationError(
         f"AMQP_URI {masked_uri(uri)!r} has an unsupported scheme; use memory:// or "
@@ -355,7 +368,7 @@ class ServiceHost:
     def transport(self) -> abc.Transport:
         """The transport ``AMQP_URI`` selects."""
         if self._transport is None:
-            self._transport = transport_for_uri(self.config.amqp_uri)
+            self._transport = transport_for_uri(self.config.amqp_uri, self.config)
         return self._transport
 
     def _make_runners(self) -> list[_ServiceRunner]:

@@ -365,7 +365,7 @@ def test_client_properties_are_merged() -> None:
 
 @pytest.mark.parametrize(
     ("ours", "theirs", "expected"),
-    [(60, 0, 60), (0, 60, 60), (30, 60, 30), (60, 30, 30), (0, 0, 0)],
+    [(60, 0, 60), (0, 60, 0), (30, 60, 30), (60, 30, 30), (0, 0, 0)],
 )
 def test_heartbeat_negotiation(ours: int, theirs: int, expected: int) -> None:
     conn, _ = handshake(heartbeat=ours, tune=(2047, 131072, theirs))
@@ -508,6 +508,16 @@ def test_heartbeat_due_and_silent_peer_follow_the_clock() -> None:
 def test_no_heartbeats_when_negotiated_off() -> None:
     clock = FakeClock()
     conn, _ = handshake(clock=clock, heartbeat=0, tune=(0, 131072, 0))
+    clock.now += 10**6
+    assert not conn.heartbeat_due()
+    assert not conn.peer_is_silent()
+
+
+def test_heartbeat_zero_turns_heartbeats_off_whatever_the_broker_proposes() -> None:
+    # py-amqp's rule, so nameko's HEARTBEAT: 0 means the same here.
+    clock = FakeClock()
+    conn, _ = handshake(clock=clock, heartbeat=0, tune=(0, 131072, 60))
+    assert conn.heartbeat == 0
     clock.now += 10**6
     assert not conn.heartbeat_due()
     assert not conn.peer_is_silent()
@@ -1055,11 +1065,15 @@ def test_server_named_queue_cannot_be_nowait() -> None:
 @pytest.mark.parametrize(
     ("request_name", "kwargs"),
     [
-        ("exchange_declare", {"exchange": "bad name!"}),
+        ("exchange_declare", {"exchange": "x" * 256}),
+        (
+            "basic_publish",
+            {"exchange": "\u00e9" * 128, "routing_key": "k", "body": b""},
+        ),
         ("queue_declare", {"queue": "x" * 300}),
         ("queue_bind", {"queue": "q", "exchange": "x", "routing_key": "k" * 256}),
         ("queue_declare", {"queue": "q", "arguments": {"x-bad": object()}}),
-        ("queue_declare", {"queue": "q", "arguments": {"k" * 129: 1}}),
+        ("queue_declare", {"queue": "q", "arguments": {"k" * 256: 1}}),
         ("basic_qos", {"prefetch_count": 70000}),
     ],
 )
@@ -1074,6 +1088,24 @@ def test_unencodable_requests_raise_invalid_request(
     # Nothing is waiting for a reply either.
     with pytest.raises(RemoteProtocolError):
         broker.send((channel, commands.Basic.QosOk()))
+
+
+@pytest.mark.parametrize(
+    "name", ["bad name!", "caf\u00e9", "x" * 255, "evt-src-order.*--svc.method"]
+)
+def test_names_rabbitmq_accepts_are_sent_as_they_are(name: str) -> None:
+    """pamqp's AMQP name grammar (127 characters, a few symbols) is not enforced."""
+    conn, broker = handshake()
+    channel = open_channel(conn, broker)
+    conn.exchange_declare(channel, name)
+    conn.queue_declare(channel, name)
+    conn.queue_bind(channel, name, name, "k")
+    conn.basic_consume(channel, name)
+    conn.basic_publish(channel, name, "k", b"")
+    sent = broker.sent()
+    assert [method.exchange for _, method in sent[:1]] == [name]
+    assert [sent[1][1].queue, sent[2][1].queue, sent[3][1].queue] == [name] * 3
+    assert sent[4][1].exchange == name
 
 
 def test_method_frame_larger_than_frame_max_is_refused() -> None:

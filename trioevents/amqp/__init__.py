@@ -8,4 +8,29 @@ The package is built in layers:
     imports neither trio nor socket.
 ``_events``
     The events that ``_protocol`` produces.
+``_connection``
+    The only I/O: a reader, a writer and a heartbeat task drive the protocol
+    over a trio stream and implement :class:`trioevents.abc.Connection`.
+``_transport``
+    :class:`AmqpTransport`: URIs, TLS options, connecting.
 """
+
+from __future__ import annotations
+
+from ._connection import (
+    AmqpConnection as AmqpConnection,
+    AmqpConsumer as AmqpConsumer,
+)
+from ._transport import (
+    AmqpParameters as AmqpParameters,
+    AmqpTransport as AmqpTransport,
+    make_ssl_context as make_ssl_context,
+)
+
+__all__ = [
+    "AmqpConnection",
+    "AmqpConsumer",
+    "AmqpParameters",
+    "AmqpTransport",
+    "make_ssl_context",
+]

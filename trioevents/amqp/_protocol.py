@@ -28,9 +28,10 @@ Errors follow h11's rule:
   closing, an unknown delivery tag, a frame larger than ``frame_max``, ...).
   The connection is unaffected.
 * :class:`~trioevents.InvalidRequest`: an argument cannot be encoded (a name
-  or routing key too long or with characters pamqp refuses, a header value of
-  an unsupported type, ``delivery_mode`` not 1 or 2, ...). The connection is
-  unaffected.
+  or routing key over 255 UTF-8 bytes, a header value of an unsupported type,
+  ``delivery_mode`` not 1 or 2, ...). The connection is unaffected. Names are
+  otherwise sent as they are: RabbitMQ takes any UTF-8, not only AMQP's
+  grammar that pamqp enforces.
 * :class:`~trioevents.RemoteProtocolError` (from :meth:`Connection.next_event`):
   the broker broke AMQP (a malformed frame, a body frame without a header, an
   unexpected reply, a frame for a channel that is not open, ...). The
@@ -58,6 +59,7 @@ import attrs
 from pamqp import (
     base as pamqp_base,
     commands,
+    encode as pamqp_encode,
     exceptions as pamqp_exceptions,
     frame as pamqp_frame,
     header as pamqp_header,
@@ -319,8 +321,8 @@ def _to_field_table(table: Mapping[str, Any]) -> pamqp_common.FieldTable:
     for key, value in table.items():
         if not isinstance(key, str):
             raise InvalidRequest(f"field table keys must be str, not {key!r}")
-        if len(key.encode("utf-8")) > 128:
-            raise InvalidRequest(f"field table key longer than 128 bytes: {key!r}")
+        if len(key.encode("utf-8")) > 255:
+            raise InvalidRequest(f"field table key longer than 255 bytes: {key!r}")
         result[key] = _to_field_value(value)
     return result
 
@@ -350,8 +352,9 @@ def properties_to_pamqp(properties: Properties) -> commands.Basic.Properties:
 
     * empty strings are not sent: ``content_type=""`` arrives as ``None``;
     * a naive ``timestamp`` is taken as UTC and sub-second digits are cut;
-    * a ``float`` header travels as a 32-bit float (``'f'``), so it comes back
-      rounded to single precision;
+    * a ``float`` header would travel as a 32-bit float (``'f'``); the publish
+      path (``basic_publish``) encodes headers itself and sends 64-bit doubles
+      (``'d'``), as py-amqp does;
     * ints take the smallest AMQP integer type that holds them.
 
     Raises
@@ -410,10 +413,58 @@ def _encode_properties(properties: Properties) -> bytes:
     if properties is NO_PROPERTIES:
         return _NO_PROPERTIES_BYTES
     amqp = properties_to_pamqp(properties)
+    headers = amqp.headers
     try:
-        return amqp.marshal()
+        if not headers:
+            return amqp.marshal()
+        # pamqp sends every float as a 32-bit 'f'; py-amqp (kombu, nameko) and
+        # RabbitMQ's own x-death use 64-bit 'd'. So the headers table is encoded
+        # here and spliced in after content_type and content_encoding.
+        amqp.headers = None
+        data = amqp.marshal()
+        table = _marshal_table(headers)
     except (TypeError, ValueError, struct.error) as exc:
         raise InvalidRequest(f"cannot encode message properties: {exc}") from exc
+    (flags,) = _PROPERTY_FLAGS.unpack_from(data)
+    offset = _PROPERTY_FLAGS.size
+    for value in (amqp.content_type, amqp.content_encoding):
+        if value:  # pamqp leaves out None and ""
+            offset += 1 + len(value.encode("utf-8"))
+    return b"".join(
+        (
+            _PROPERTY_FLAGS.pack(flags | _HEADERS_FLAG),
+            data[_PROPERTY_FLAGS.size : offset],
+            table,
+            data[offset:],
+        )
+    )
+
+
+_PROPERTY_FLAGS: Final = struct.Struct(">H")
+#: The property flag of ``headers`` (the third property: bit 13).
+_HEADERS_FLAG: Final = 1 << 13
+_DOUBLE: Final = struct.Struct(">d")
+_LONG: Final = struct.Struct(">I")
+
+
+def _marshal_value(value: Any) -> bytes:
+    if isinstance(value, float):
+        return b"d" + _DOUBLE.pack(value)
+    if isinstance(value, dict):
+        return b"F" + _marshal_table(value)
+    if isinstance(value, list):
+        items = b"".join(_marshal_value(item) for item in value)
+        return b"A" + _LONG.pack(len(items)) + items
+    return pamqp_encode.encode_table_value(value)
+
+
+def _marshal_table(table: Mapping[str, Any]) -> bytes:
+    """Encode a field table as pamqp does, except floats (as doubles, ``'d'``)."""
+    items = b"".join(
+        pamqp_encode.short_string(key) + _marshal_value(value)
+        for key, value in table.items()
+    )
+    return _LONG.pack(len(items)) + items
 
 
 _NO_PROPERTIES_BYTES: Final = commands.Basic.Properties().marshal()
@@ -444,8 +495,9 @@ class Connection:
         certificate; RabbitMQ's ``rabbitmq_auth_mechanism_ssl``).
     heartbeat
         The heartbeat interval we ask for, in seconds. The lower non-zero value
-        of ours and the broker's wins; only if both are ``0`` are heartbeats
-        off (RabbitMQ's rule).
+        of ours and the broker's wins; ``0`` turns heartbeats off whatever the
+        broker proposes (py-amqp's rule, so nameko's ``HEARTBEAT: 0`` carries
+        over).
     frame_max
         The largest frame we accept, in bytes (at least 4096); the lower of
         ours and the broker's wins.
@@ -899,7 +951,13 @@ class Connection:
         self._channel_max = (
             _negotiate(self._channel_max_wanted, method.channel_max) or 65535
         )
-        self._heartbeat = _negotiate(self._heartbeat_wanted, method.heartbeat)
+        # 0 from us turns heartbeats off whatever the broker proposes (py-amqp's
+        # and so nameko's rule for HEARTBEAT=0); otherwise the lower non-zero wins.
+        self._heartbeat = (
+            _negotiate(self._heartbeat_wanted, method.heartbeat)
+            if self._heartbeat_wanted
+            else 0
+        )
         tune_ok = commands.Connection.TuneOk(
             channel_max=self._channel_max,
             frame_max=self._frame_max,
@@ -1201,7 +1259,7 @@ class Connection:
         self, channel: int, factory: Callable[..., pamqp_base.Frame], **kwargs: Any
     ) -> bytes:
         try:
-            method = factory(**kwargs)
+            method = _LENIENT.get(factory, factory)(**kwargs)
             data = pamqp_frame.marshal(method, channel)
         except (TypeError, ValueError, struct.error) as exc:
             raise InvalidRequest(
@@ -1820,6 +1878,48 @@ class Connection:
             )
         )
         ch.unacked.difference_update(tags)
+
+
+def _skip_validation(self: pamqp_base.Frame) -> None:
+    """Accept any name; the short-string encoding still refuses over 255 bytes."""
+
+
+def _lenient(cls: type[pamqp_base.Frame]) -> type[pamqp_base.Frame]:
+    """Return a subclass of *cls* without pamqp's name checks.
+
+    pamqp enforces the AMQP grammar for names (at most 127 characters for an
+    exchange, only ``[a-zA-Z0-9-_.:@#,/+ ]``), on construction and again in
+    ``marshal()``. RabbitMQ takes any UTF-8 name of up to 255 bytes, and so do
+    trioevents and nameko (e.g. a queue named after a wildcard binding key,
+    ``evt-src-order.*--svc.method``). The subclass leaves ``__slots__`` alone:
+    pamqp encodes the attributes it lists.
+    """
+    namespace = {
+        "validate": _skip_validation,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+    }
+    return type(cls.__name__, (cls,), namespace)
+
+
+#: Requests that carry exchange or queue names, built without pamqp's checks.
+_LENIENT: Final[dict[Callable[..., pamqp_base.Frame], type[pamqp_base.Frame]]] = {
+    cls: _lenient(cls)
+    for cls in (
+        commands.Exchange.Declare,
+        commands.Exchange.Delete,
+        commands.Exchange.Bind,
+        commands.Exchange.Unbind,
+        commands.Queue.Declare,
+        commands.Queue.Bind,
+        commands.Queue.Purge,
+        commands.Queue.Delete,
+        commands.Queue.Unbind,
+        commands.Basic.Consume,
+        commands.Basic.Get,
+        commands.Basic.Publish,
+    )
+}
 
 
 def _settle_deliveries(ch: _Channel, delivery_tag: int, multiple: bool) -> list[int]:
