@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import re
 from typing import Any
 
 import attrs
@@ -316,7 +317,10 @@ async def test_an_error_without_requeue_is_acked_and_the_host_keeps_serving(
     assert await queue_depth(uri, "evt-src-ping--failing.handle") == 0
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
-    assert "m-1" in errors[0].getMessage()
+    message = errors[0].getMessage()
+    assert "message id m-1" in message
+    # the worker's call id, as nameko's call_id_stack carries it on
+    assert re.search(r"call id failing\.handle\.[0-9a-f-]{36}\b", message)
     assert errors[0].exc_info is not None
     nursery.cancel_scope.cancel()
 

@@ -424,3 +424,41 @@ async def test_dispatcher_works_without_serve() -> None:
                 bodies.append(delivery.body)
                 await delivery.ack()
     assert sorted(bodies) == [b'{"i": %d}' % i for i in range(5)]
+
+
+class Announcer:
+    name = "announcer"
+    dispatch = EventDispatcher()
+
+    @event_handler("src", "ping")
+    async def handle(self, payload: Any) -> None:
+        pass
+
+
+async def test_each_lifecycle_step_is_logged_once(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="trioevents")
+    uri = fresh_uri()
+    host = make_host([Announcer], uri)
+    await nursery.start(host.serve)
+    await host.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("trioevents")]
+    expected = [
+        "connected to memory://",
+        "declared exchange 'announcer.events'",
+        "declared queue 'evt-src-ping--announcer.handle', bound to 'src.events' by "
+        "'ping'",
+        "consuming 'evt-src-ping--announcer.handle' for announcer.handle",
+        "serving announcer",
+        "stopping: consumers cancelled",
+        "stopped",
+    ]
+    for step in expected:
+        matching = [line for line in lines if line.startswith(step)]
+        assert len(matching) == 1, (step, lines)
+    # and in that order
+    firsts = [
+        next(i for i, line in enumerate(lines) if line.startswith(s)) for s in expected
+    ]
+    assert firsts == sorted(firsts)

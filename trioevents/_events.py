@@ -154,9 +154,9 @@ class EventDispatcher(DependencyProvider["Dispatch"]):
         self.publish_options = check_publish_options(publish_options)
 
     async def declare(self, connection: abc.Connection) -> None:
-        await connection.declare_exchange(
-            event_exchange_name(self.service_name), ExchangeType.TOPIC, durable=True
-        )
+        exchange = event_exchange_name(self.service_name)
+        await connection.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+        logger.info("declared exchange %r", exchange)
 
     def get_dependency(self, worker_ctx: WorkerContext) -> Dispatch:
         runner = self._runner
@@ -341,6 +341,9 @@ class EventHandler(Entrypoint):
             exclusive=flags["exclusive"],
         )
         await connection.bind_queue(queue, exchange, self.event_type)
+        logger.info(
+            "declared queue %r, bound to %r by %r", queue, exchange, self.event_type
+        )
         limiter = runner.limiter
         self._intake = trio.CancelScope()
         async with connection.open_consumer(
@@ -400,7 +403,7 @@ class EventHandler(Entrypoint):
             )
             await self._dead_letter(delivery, exc, attempt)
             return
-        _, error = await self.spawn_worker((payload,), headers=props.headers)
+        ctx, _, error = await self._run_worker((payload,), props.headers)
         if error is None:
             await _settle(delivery)
             return
@@ -410,12 +413,13 @@ class EventHandler(Entrypoint):
             delay_ms = policy.delay_ms(attempt) if policy.retries(error) else None
             if delay_ms is not None:
                 logger.warning(
-                    "error handling event %r from %r in %s (message id %s), attempt "
-                    "%d of %d; retrying in %s s",
+                    "error handling event %r from %r in %s (message id %s, call id "
+                    "%s), attempt %d of %d; retrying in %s s",
                     delivery.routing_key,
                     self.source_service,
                     where,
                     props.message_id,
+                    ctx.call_id,
                     attempt,
                     policy.max_attempts,
                     delay_ms / 1000,
@@ -430,12 +434,13 @@ class EventHandler(Entrypoint):
                 )
             else:
                 logger.error(
-                    "error handling event %r from %r in %s (message id %s), attempt "
-                    "%d; giving up: dead-lettered to %r",
+                    "error handling event %r from %r in %s (message id %s, call id "
+                    "%s), attempt %d; giving up: dead-lettered to %r",
                     delivery.routing_key,
                     self.source_service,
                     where,
                     props.message_id,
+                    ctx.call_id,
                     attempt,
                     dlq_name(queue),
                     exc_info=exc_info,
@@ -447,11 +452,12 @@ class EventHandler(Entrypoint):
             and isinstance(error, self.requeue_on_error)
         )
         logger.error(
-            "error handling event %r from %r in %s (message id %s)%s",
+            "error handling event %r from %r in %s (message id %s, call id %s)%s",
             delivery.routing_key,
             self.source_service,
             where,
             props.message_id,
+            ctx.call_id,
             "; requeued" if requeue else "; acked (not requeued)",
             exc_info=exc_info,
         )

@@ -227,6 +227,13 @@ class Entrypoint(Extension):
             ``(result, exception)``: an exception of the method or of a hook is
             returned, not raised, once every hook ran. Cancellation propagates.
         """
+        _, result, error = await self._run_worker(args, headers)
+        return result, error
+
+    async def _run_worker(
+        self, args: tuple[Any, ...], headers: Mapping[str, Any] | None
+    ) -> tuple[WorkerContext, Any, BaseException | None]:
+        # spawn_worker, also returning the worker's context (for its call id).
         return await self._runner.run_worker(self, args, headers)
 
 

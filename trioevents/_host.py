@@ -254,7 +254,7 @@ class _ServiceRunner:
         entrypoint: Entrypoint,
         args: tuple[Any, ...],
         headers: Mapping[str, Any] | None,
-    ) -> tuple[Any, BaseException | None]:
+    ) -> tuple[WorkerContext, Any, BaseException | None]:
         ctx = WorkerContext.from_headers(
             self.name,
             entrypoint.method_name,
@@ -297,7 +297,7 @@ class _ServiceRunner:
                 error = error or exc
         for hook in self.host._worker_hooks:
             hook(ctx, entrypoint, result, error)
-        return result, error
+        return ctx, result, error
 
 
 #: Called with ``(worker_ctx, entrypoint, result, exc)`` after every worker.
