@@ -29,6 +29,7 @@ nitpick_ignore_regex = [
         r"(trio|attrs|cattrs|typing|collections|contextlib|datetime|enum|ssl)\..*",
     ),
     ("py:.*", r"(os|pathlib|logging|yaml|BaseException)\..*"),
+    ("py:.*", r"unittest\..*"),  # worker_factory's mocks
     ("py:.*", r"trioevents\._\w+\.[A-Z]"),  # TypeVars of private modules
     ("py:.*", r"(StandaloneDispatch|MemoryConnection|masked_uri|TRANSPORT_CHECKS)"),
     ("py:.*", r"(Any|Self|T|F|Mapping|Sequence|Callable|Awaitable|AsyncIterator)"),

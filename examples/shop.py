@@ -1,35 +1,72 @@
-"""A small shop on the embedded broker: orders -> billing + notifications.
+"""A small shop: web -> orders -> billing + notifications, on the embedded broker.
 
-Run it with ``python examples/shop.py`` (``--orders N`` places N orders and stops;
-without it, an order is placed every second until Ctrl-C or SIGTERM, which stop
-gracefully).
+Run it with the ``trioevents`` command, from the project's directory::
 
-* ``web`` is played by a standalone dispatcher: it sends ``checkout`` events.
+    trioevents run examples.shop
+
+(``python examples/shop.py`` does the same.) Events start flowing within a
+second, and every dispatch and every handled event is logged. Ctrl-C (or SIGTERM)
+stops gracefully; a second Ctrl-C stops at once.
+
+* ``web`` plays the shop's front end: a :class:`Timer` entrypoint, a small custom
+  entrypoint, makes a customer check out every second (a ``checkout`` event).
 * ``orders`` handles ``checkout`` and dispatches a typed ``order_placed`` event.
 * ``billing`` charges each order once (SERVICE_POOL) and dispatches ``charged``.
-* ``notifications`` tells the customer (BROADCAST: every instance gets every event).
+* ``notifications`` tells the customer (BROADCAST: every instance gets every
+  event) and sends a receipt once the order is charged.
 """
 
 from __future__ import annotations
 
-import argparse
 import decimal
+import itertools
 import logging
-import signal
 import sys
 from typing import Any
 
 import attrs
 import trio
 
-from trioevents import (
-    BROADCAST,
-    EventDispatcher,
-    ServiceHost,
-    event_handler,
-)
+from trioevents import BROADCAST, Entrypoint, EventDispatcher, event_handler
 
 say = logging.getLogger("shop")
+
+
+class Timer(Entrypoint):
+    """Call a service method every *interval* seconds (like nameko's ``@timer``).
+
+    The first call comes one interval after the host started. A graceful stop
+    lets the call in progress finish and starts no other.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stopping = trio.Event()
+
+    async def setup(self) -> None:
+        self._stopping = trio.Event()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.interval):
+                await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            _, error = await self.spawn_worker(())
+            if error is not None:
+                say.error(
+                    "%s.%s failed",
+                    self.service_name,
+                    self.method_name,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+
+
+timer = Timer.decorator
 
 
 @attrs.frozen
@@ -50,13 +87,16 @@ class Orders:
     dispatch = EventDispatcher()
 
     @event_handler("web", "checkout")
-    async def on_checkout(self, payload: dict[str, Any]) -> None:
+    async def on_checkout(self, payload: dict[str, Any]) -> OrderPlaced:
         total = sum(decimal.Decimal(p) for p in payload["prices"])
         order = OrderPlaced(id=payload["id"], customer=payload["customer"], total=total)
-        say.info(
-            "orders: placing order %s for %s (%s)", order.id, order.customer, total
-        )
         await self.dispatch("order_placed", order)
+        say.info(
+            "orders: checkout %s handled; dispatched order_placed (total %s)",
+            order.id,
+            total,
+        )
+        return order  # handlers' results are ignored, but tests can see them
 
 
 class Billing:
@@ -65,8 +105,12 @@ class Billing:
 
     @event_handler("orders", "order_placed")
     async def charge(self, event: OrderPlaced) -> None:
-        say.info("billing: charging %s for order %s", event.total, event.id)
         await self.dispatch("charged", Charged(order_id=event.id, amount=event.total))
+        say.info(
+            "billing: order_placed %s handled; charged %s, dispatched charged",
+            event.id,
+            event.total,
+        )
 
 
 class Notifications:
@@ -77,61 +121,42 @@ class Notifications:
     )
     async def order_placed(self, event: OrderPlaced) -> None:
         say.info(
-            "notifications: emailing %s: order %s received", event.customer, event.id
+            "notifications: order_placed %s handled; emailed %s",
+            event.id,
+            event.customer,
         )
 
     @event_handler("billing", "charged")
     async def charged(self, event: Charged) -> None:
         say.info(
-            "notifications: receipt for order %s: %s", event.order_id, event.amount
+            "notifications: charged %s handled; sent a receipt for %s",
+            event.order_id,
+            event.amount,
         )
 
 
-SERVICES = [Orders, Billing, Notifications]
+_basket_numbers = itertools.count(1)
 
 
-async def shop(orders: int | None, uri: str) -> None:
-    host = ServiceHost(SERVICES, config={"AMQP_URI": uri})
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.serve)
-        say.info("serving %s on %s", ", ".join(s.name for s in SERVICES), uri)
+class Web:
+    """The shop's front end, played by a timer: a checkout every second."""
 
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    say.info("%s: stopping gracefully", signal.Signals(signum).name)
-                    await host.stop()
-                    nursery.cancel_scope.cancel()
+    name = "web"
+    dispatch = EventDispatcher()
 
-        nursery.start_soon(stop_on_signal)
-        async with host.dispatcher() as dispatch:
-            n = 0
-            while orders is None or n < orders:
-                n += 1
-                say.info("web: checkout %s", n)
-                await dispatch(
-                    "web",
-                    "checkout",
-                    {"id": n, "customer": f"customer-{n}", "prices": ["9.99", "5.01"]},
-                )
-                await trio.sleep(1 if orders is None else 0.2)
-        await trio.sleep(0.5)  # let the last events flow through
-        await host.stop()
-        nursery.cancel_scope.cancel()
-    say.info("stopped cleanly")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--orders", type=int, default=None, help="place N orders, then stop"
-    )
-    parser.add_argument("--broker", default="memory://shop", help="AMQP_URI")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(shop, args.orders, args.broker)
-    return 0
+    @timer(interval=1.0)
+    async def checkout(self) -> None:
+        number = next(_basket_numbers)
+        basket = {
+            "id": number,
+            "customer": f"customer-{number}",
+            "prices": ["9.99", "5.01"],
+        }
+        await self.dispatch("checkout", basket)
+        say.info("web: dispatched checkout %s: %s", number, basket)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trioevents.cli import main
+
+    sys.exit(main(["run", "__main__", *sys.argv[1:]]))

@@ -192,6 +192,9 @@ class _ServiceRunner:
                     "'async def' method"
                 )
             self.entrypoints.extend(ep._bind_method(self, attr) for ep in declared)
+        # trioevents.testing.replace_dependencies: swapped in before serving.
+        for attr, provider in host._dependency_replacements.get(name, {}).items():
+            self.dependencies[attr] = provider._bind_attr(self, attr)
 
     @property
     def extensions(self) -> list[DependencyProvider[Any] | Entrypoint]:
@@ -359,6 +362,10 @@ class ServiceHost:
         self._stop_requested: trio.Event | None = None
         self._stopped: trio.Event | None = None
         self._worker_hooks: list[WorkerHook] = []
+        #: service name -> attribute -> provider (see replace_dependencies).
+        self._dependency_replacements: dict[
+            str, dict[str, DependencyProvider[Any]]
+        ] = {}
 
     def __repr__(self) -> str:
         names = ", ".join(getattr(s, "name", s.__qualname__) for s in self.services)

@@ -1,4 +1,15 @@
-"""Testing helpers for trioevents: the transport conformance suite and more."""
+"""Testing helpers for trioevents.
+
+* :func:`worker_factory` -- a service instance with mocked dependencies, for unit
+  tests without any broker.
+* :func:`replace_dependencies` -- swap dependencies of a service in a host before
+  it starts.
+* :func:`entrypoint_waiter` -- wait until a worker of an entrypoint finished.
+* :class:`HostFactory` -- start hosts in a nursery and stop them all (the
+  ``host_factory`` fixture of the pytest plugin, ``trioevents.testing.pytest_plugin``).
+* :class:`RabbitAdmin` -- the management API client behind the per-test vhosts.
+* :func:`check_transport` -- the conformance suite every transport passes.
+"""
 
 from __future__ import annotations
 
@@ -6,5 +17,21 @@ from ._conformance import (
     TRANSPORT_CHECKS as TRANSPORT_CHECKS,
     check_transport as check_transport,
 )
+from ._rabbit import RabbitAdmin as RabbitAdmin
+from ._services import (
+    HostFactory as HostFactory,
+    replace_dependencies as replace_dependencies,
+    worker_factory as worker_factory,
+)
+from ._waiting import WaitResult as WaitResult, entrypoint_waiter as entrypoint_waiter
 
-__all__ = ["TRANSPORT_CHECKS", "check_transport"]
+__all__ = [
+    "TRANSPORT_CHECKS",
+    "HostFactory",
+    "RabbitAdmin",
+    "WaitResult",
+    "check_transport",
+    "entrypoint_waiter",
+    "replace_dependencies",
+    "worker_factory",
+]

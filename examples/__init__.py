@@ -1,0 +1,1 @@
+"""Runnable examples: ``trioevents run examples.shop``."""

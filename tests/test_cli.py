@@ -1,0 +1,625 @@
+"""The ``trioevents`` command: run, dispatch, show-config; and the example shop.
+
+The ``run`` tests start the real command in a subprocess and talk to it with
+signals; they wait for log lines (with generous timeouts), never for time.
+"""
+
+from __future__ import annotations
+
+import decimal
+import io
+import json
+import os
+import pathlib
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from typing import IO, TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+import trioevents
+from trioevents import ExchangeType, MemoryTransport
+from trioevents.cli import import_services, main
+from trioevents.testing import worker_factory
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WAIT = 60.0  # seconds: generous, for a loaded machine
+
+
+def _command() -> str:
+    """The installed ``trioevents`` console script, next to this Python."""
+    script = shutil.which("trioevents", path=str(pathlib.Path(sys.executable).parent))
+    if script is None:
+        pytest.fail(
+            "the trioevents command is not installed next to "
+            f"{sys.executable}: python -m pip install -e '.[test]'"
+        )
+    return script
+
+
+class Process:
+    """A command in a subprocess whose output lines a test can wait for."""
+
+    def __init__(self, args: Sequence[str], cwd: pathlib.Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.popen = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert self.popen.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self.popen.stdout,), daemon=True
+        )
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, text: str) -> str:
+        """Wait for an output line containing *text* (or find it); return it."""
+        for seen in self.lines:
+            if text in seen:
+                return seen
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(
+                    f"no line with {text!r} in {WAIT} s; output:\n{self.output}"
+                )
+            if line is None:
+                self._queue.put(None)
+                pytest.fail(
+                    f"the process ended without {text!r}; output:\n{self.output}"
+                )
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self) -> int:
+        """Wait for the process to end; return its exit status."""
+        try:
+            code = self.popen.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            pytest.fail(f"the process did not stop in {WAIT} s; output:\n{self.output}")
+        self._reader.join(WAIT)
+        while (line := self._queue.get()) is not None:
+            self.lines.append(line)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def index(self, text: str) -> int:
+        """The number of the first line containing *text*."""
+        for number, line in enumerate(self.lines):
+            if text in line:
+                return number
+        pytest.fail(f"no line with {text!r}; output:\n{self.output}")
+
+    def close(self) -> None:
+        """Kill the process if it still runs; release its pipe."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        self._reader.join(WAIT)
+        assert self.popen.stdout is not None
+        self.popen.stdout.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for process in started:
+        process.close()
+
+
+def start(
+    processes: list[Process], args: Sequence[str], cwd: pathlib.Path = ROOT
+) -> Process:
+    process = Process(args, cwd)
+    processes.append(process)
+    return process
+
+
+# A service module for the subprocess tests: its entrypoint runs one worker as soon
+# as the host starts, and the worker waits until the host is asked to stop (or,
+# with forever=True, never finishes).
+SERVICE_MODULE = '''
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from trioevents import Entrypoint
+
+say = logging.getLogger("work")
+
+
+class OnStart(Entrypoint):
+    """Run the method once, at start; tell it when the host is stopping."""
+
+    def __init__(self) -> None:
+        self.stopping = trio.Event()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await self.spawn_worker((self.stopping,))
+
+
+class Worker:
+    name = "worker"
+
+    @OnStart.decorator
+    async def work(self, stopping: trio.Event) -> None:
+        say.info("work started")
+        await stopping.wait()
+        say.info("stop requested; finishing the work in flight")
+        await trio.sleep({delay})
+        say.info("work finished")
+'''
+
+
+def service_module(directory: pathlib.Path, *, delay: str = "0") -> str:
+    name = f"svc_{uuid.uuid4().hex[:8]}"
+    (directory / f"{name}.py").write_text(SERVICE_MODULE.format(delay=delay))
+    return name
+
+
+# ----------------------------------------------------------- the README command
+
+
+def test_readme_command_shows_events_flowing_and_stops_on_sigterm(
+    processes: list[Process],
+) -> None:
+    """``trioevents run examples.shop``: events flow, SIGTERM stops it cleanly."""
+    shop = start(processes, [_command(), "run", "examples.shop"])
+    shop.expect("serving orders, billing, notifications, web")
+    shop.expect("press Ctrl-C to stop")
+    shop.expect("web: dispatched checkout 1")
+    shop.expect("notifications: charged 1 handled")
+    shop.signal(signal.SIGTERM)
+    assert shop.wait() == 0
+    assert shop.index("SIGTERM: stopping gracefully") < shop.index("stopped")
+    assert "stopping: " in shop.output
+    assert "Traceback" not in shop.output
+
+
+def test_example_script_runs_the_same_services(processes: list[Process]) -> None:
+    shop = start(processes, [sys.executable, str(ROOT / "examples" / "shop.py")])
+    shop.expect("serving orders, billing, notifications, web")
+    shop.expect("billing: order_placed 1 handled")
+    shop.signal(signal.SIGINT)
+    assert shop.wait() == 0
+    shop.index("stopped")
+
+
+# -------------------------------------------------------------------- run
+
+
+def test_sigterm_lets_in_flight_work_finish(
+    processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    module = service_module(tmp_path, delay="0.2")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            SHUTDOWN_GRACE: ${GRACE:30}
+            LOGGING:
+              version: 1
+              disable_existing_loggers: false
+              formatters: {plain: {format: "LOG %(name)s: %(message)s"}}
+              handlers:
+                err: {class: logging.StreamHandler, formatter: plain, stream: ext://sys.stderr}
+              root: {level: INFO, handlers: [err]}
+            """
+        )
+    )
+    run = start(
+        processes, [_command(), "run", module, "--config", str(config)], cwd=tmp_path
+    )
+    run.expect("work started")
+    run.expect("LOG trioevents.cli: press Ctrl-C to stop")
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
+    order = [
+        run.index("SIGTERM: stopping gracefully"),
+        run.index("stop requested; finishing the work in flight"),
+        run.index("work finished"),
+        run.index("LOG trioevents.host: stopped"),
+    ]
+    assert order == sorted(order)
+    assert "grace 30" in run.output
+
+
+def test_second_ctrl_c_stops_at_once(
+    processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    module = service_module(tmp_path, delay="3600")
+    config = tmp_path / "config.yaml"
+    config.write_text("SHUTDOWN_GRACE: 3600\n")
+    run = start(
+        processes, [_command(), "run", module, "--config", str(config)], cwd=tmp_path
+    )
+    run.expect("press Ctrl-C to stop")
+    run.expect("work started")
+    run.signal(signal.SIGINT)
+    run.expect("stop requested; finishing the work in flight")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 130
+    run.index("Ctrl-C (SIGINT): stopping at once")
+    assert "work finished" not in run.output
+
+
+def _run_fails(
+    args: Sequence[str], cwd: pathlib.Path = ROOT, *, alone: bool = True
+) -> str:
+    """Run the command; check it fails with a one-line error; return that line.
+
+    With ``alone``, nothing else was printed; otherwise the lines logged before
+    the failure (the connection attempts) are allowed.
+    """
+    done = subprocess.run(
+        [_command(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1 or not alone, done.stderr
+    assert lines[-1].startswith("trioevents: error: "), done.stderr
+    return lines[-1]
+
+
+def test_bad_config_fails_in_one_line_naming_the_key(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("AMQP_URI: memory://\nmax_workers: lots\n")
+    line = _run_fails(["run", "examples.shop", "--config", str(config)])
+    assert "'max_workers'" in line
+
+
+def test_bad_logging_config_fails_in_one_line(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "LOGGING: {version: 1, handlers: {h: {class: no.such.Handler}}}\n"
+    )
+    line = _run_fails(["run", "examples.shop", "--config", str(config)])
+    assert "config key 'LOGGING'" in line
+
+
+def test_bad_module_path_fails_in_one_line() -> None:
+    line = _run_fails(["run", "examples.no_such_module"])
+    assert "cannot import 'examples.no_such_module'" in line
+
+
+def test_unreachable_broker_fails_in_one_line(tmp_path: pathlib.Path) -> None:
+    # Until the RabbitMQ transport lands, amqp:// is refused at once; then the
+    # connection to port 1 is refused (after CONNECT_ATTEMPTS attempts).
+    config = tmp_path / "config.yaml"
+    config.write_text("CONNECT_ATTEMPTS: 1\n")
+    line = _run_fails(
+        [
+            "run",
+            "examples.shop",
+            "--config",
+            str(config),
+            "--broker",
+            "amqp://guest:s3cret@127.0.0.1:1/",
+        ],
+        alone=False,
+    )
+    assert "s3cret" not in line
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "trioevents", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"trioevents {trioevents.__version__}"
+
+
+# ---------------------------------------------------------- in-process: errors
+
+
+@pytest.fixture(autouse=True)
+def _keep_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` puts the current directory on sys.path; undo it after each test."""
+    monkeypatch.setattr(sys, "path", [*sys.path])
+
+
+def _error_line(capsys: pytest.CaptureFixture[str], *, alone: bool = True) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "Traceback" not in err
+    assert len(lines) == 1 or not alone, lines
+    assert lines[-1].startswith("trioevents: error: "), lines
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("examples.shop:Nope", "module 'examples.shop' has no 'Nope'"),
+        ("examples.shop:say", "'examples.shop:say' is not a class"),
+        ("json", "module 'json' defines no service class"),
+        (":Orders", "names no module"),
+        ("examples.missing", "cannot import 'examples.missing'"),
+        ("examples.shop:OrderPlaced", "is not a service class: it has no name"),
+    ],
+)
+def test_run_refuses_what_is_not_a_service(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", spec]) == 1
+    assert message in _error_line(capsys)
+
+
+def test_a_module_failing_at_import_is_one_line(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = f"broken_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("raise RuntimeError('no database')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", name]) == 1
+    assert "RuntimeError('no database')" in _error_line(capsys)
+
+
+def test_a_broker_uri_without_a_scheme_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", "examples.shop", "--broker", "localhost"]) == 1
+    assert "'AMQP_URI'" in _error_line(capsys)
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["run"]) == 2
+    assert main(["frobnicate"]) == 2
+    assert "usage: trioevents" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"trioevents {trioevents.__version__}"
+
+
+def test_a_module_means_the_service_classes_defined_in_it(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"services_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """\
+            from trioevents import EventDispatcher, event_handler
+            from examples.shop import Billing   # imported: not this module's
+
+            class Second:
+                name = "second"
+                @event_handler("a", "b")
+                async def handle(self, payload): ...
+
+            class NotAService:
+                dispatch = EventDispatcher()
+
+            class First:
+                name = "first"
+                @event_handler("a", "c")
+                async def handle(self, payload): ...
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    services = import_services([name, "examples.shop:Billing", f"{name}:First"])
+    assert [cls.__name__ for cls in services] == ["Second", "First", "Billing"]
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+async def _declare(uri: str, queue_name: str, source: str, event_type: str) -> None:
+    async with MemoryTransport.from_uri(uri).open_connection() as conn:
+        await conn.declare_exchange(
+            f"{source}.events", ExchangeType.TOPIC, durable=True
+        )
+        await conn.declare_queue(queue_name, durable=True)
+        await conn.bind_queue(queue_name, f"{source}.events", event_type)
+
+
+async def _drain(uri: str, queue_name: str) -> list[Any]:
+    bodies: list[Any] = []
+    async with MemoryTransport.from_uri(uri).open_connection() as conn:
+        count = (await conn.declare_queue(queue_name, passive=True)).message_count
+        async with conn.open_consumer(queue_name, prefetch_count=0) as consumer:
+            for _ in range(count):
+                delivery = await consumer.receive()
+                assert delivery.properties.content_type == "application/json"
+                bodies.append(json.loads(delivery.body))
+                await delivery.ack()
+    return bodies
+
+
+def test_dispatch_publishes_one_event(
+    memory_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trio.run(_declare, memory_uri, "q", "web", "checkout")
+    code = main(["dispatch", "web", "checkout", '{"id": 1}', "--broker", memory_uri])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out == 'dispatched web checkout {"id": 1}\n'
+    assert "embedded broker" in captured.err
+    assert trio.run(_drain, memory_uri, "q") == [{"id": 1}]
+
+
+def test_dispatch_reads_one_event_per_line_from_stdin(
+    memory_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trio.run(_declare, memory_uri, "q", "web", "#")
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"id": 1}\n\n[2, 3]\n"four"\n'))
+    assert main(["dispatch", "web", "checkout", "-", "--broker", memory_uri]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        'dispatched web checkout {"id": 1}',
+        "dispatched web checkout [2, 3]",
+        'dispatched web checkout "four"',
+    ]
+    assert trio.run(_drain, memory_uri, "q") == [{"id": 1}, [2, 3], "four"]
+
+
+def test_dispatch_without_data_sends_an_empty_object(
+    memory_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trio.run(_declare, memory_uri, "q", "web", "ping")
+    assert main(["dispatch", "web", "ping", "--broker", memory_uri]) == 0
+    assert trio.run(_drain, memory_uri, "q") == [{}]
+
+
+def test_dispatch_refuses_invalid_json(
+    memory_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["dispatch", "web", "x", "{nope", "--broker", memory_uri]) == 1
+    assert "the event data is not valid JSON" in _error_line(capsys)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1\n{nope\n3\n"))
+    assert main(["dispatch", "web", "x", "-", "--broker", memory_uri]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "dispatched web x 1\n"
+    assert "line 2 of standard input is not valid JSON" in captured.err
+    assert "1 event(s) were dispatched before it" in captured.err
+
+
+def test_dispatch_to_an_unreachable_broker_fails_in_one_line(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("CONNECT_ATTEMPTS: 1\n")
+    broker = "amqp://u:pw@127.0.0.1:1/"
+    code = main(["dispatch", "web", "x", "--config", str(config), "--broker", broker])
+    assert code == 1
+    assert ":pw@" not in _error_line(capsys, alone=False)
+
+
+# --------------------------------------------------------------- show-config
+
+
+def test_show_config_prints_yaml_with_the_password_masked(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RABBIT_PASSWORD", "s3cret")
+    monkeypatch.delenv("RABBIT_HOST", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "AMQP_URI: amqp://guest:${RABBIT_PASSWORD}@${RABBIT_HOST:rabbit}:5672/\n"
+        "max_workers: 4\n"
+        "MY_APP_SETTING: 7\n"
+    )
+    assert main(["show-config", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "s3cret" not in captured.out
+    assert "AMQP_URI: amqp://guest:****@rabbit:5672/\n" in captured.out
+    assert "max_workers: 4\n" in captured.out
+    assert "MY_APP_SETTING: 7\n" in captured.out
+    assert "unknown config key 'MY_APP_SETTING'" in captured.err
+
+
+def test_show_config_applies_broker_over_the_file(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("AMQP_URI: memory://a\n")
+    args = ["show-config", "--config", str(config), "--broker", "memory://b"]
+    assert main(args) == 0
+    assert "AMQP_URI: memory://b\n" in capsys.readouterr().out
+
+
+def test_show_config_without_a_file_shows_the_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["show-config"]) == 0
+    assert "AMQP_URI: memory://\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_workers: lots\n", "config key 'max_workers'"),
+        ("- a list\n", "must be a YAML mapping"),
+    ],
+)
+def test_show_config_reports_a_bad_config_in_one_line(
+    text: str,
+    message: str,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    assert main(["show-config", "--config", str(config)]) == 1
+    assert message in _error_line(capsys)
+
+
+def test_a_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show-config", "--config", "/nonexistent/config.yaml"]) == 1
+    assert "cannot read config file" in _error_line(capsys)
+
+
+# ------------------------------------------------------- the example's services
+
+
+async def test_example_orders_turns_a_checkout_into_an_order() -> None:
+    from examples.shop import OrderPlaced, Orders
+
+    orders = worker_factory(Orders)
+    await orders.on_checkout({"id": 1, "customer": "c", "prices": ["9.99", "5.01"]})
+    orders.dispatch.assert_awaited_once_with(
+        "order_placed",
+        OrderPlaced(id=1, customer="c", total=decimal.Decimal("15.00")),
+    )
