@@ -1,6 +1,7 @@
-"""Project-wide pytest setup: the ``rabbitmq`` marker and a fresh vhost per test.
+"""Project-wide pytest setup: the ``rabbitmq`` marker, a fresh vhost per test, and
+the docs' code examples as tests.
 
-All of it comes from trioevents' own pytest plugin,
+The fixtures and the marker come from trioevents' own pytest plugin,
 ``trioevents.testing.pytest_plugin``, which installing trioevents registers
 (the ``pytest11`` entry point ``trioevents``), so it is loaded once, before this
 file: ``--amqp-uri`` / ``--rabbit-api-uri``, the ``rabbit_admin`` (session) and
@@ -9,17 +10,52 @@ need the live broker. Locally they are skipped when it cannot be reached; under
 ``CI=true`` they fail instead, so CI never passes by skipping them. Each such test
 gets its own vhost, made and removed through the management HTTP API
 (``rabbitmqctl`` costs seconds of CPU per call).
+
+Docs examples
+-------------
+`Sybil <https://sybil.readthedocs.io>`_ runs every ``.. code-block:: python``
+(and ``.. invisible-code-block: python``) of ``README.rst`` and ``docs/*.rst`` as
+one test each, in page order, sharing one namespace per page. Examples are
+synchronous code: those that need trio end with ``trio.run(main)``, so
+pytest-trio's ``trio_mode`` leaves them alone. Each page starts and ends with an
+empty default embedded broker (``memory://``), so pages cannot see each other's
+queues. ``.. skip: next "reason"`` skips an example that cannot run here (the
+nameko half of a side-by-side comparison), and says so in the report.
+
+An example that names the local RabbitMQ, ``amqp://guest:guest@localhost:5672/``,
+runs on a fresh vhost of ``--amqp-uri`` instead: the URI is swapped for the
+``rabbit_vhost`` fixture's before the example runs, and the example carries the
+``rabbitmq`` marker (so ``-m "not rabbitmq"`` leaves it out, and it is skipped
+without a broker, or failed under ``CI=true``, like any ``rabbitmq`` test). Such
+an example must be self-contained: its vhost is deleted when it ends. (Each
+example sees the pytest ``request`` in its namespace for this.)
+
+The examples of a page build on each other, so run a page as a whole
+(``python -m pytest docs/tutorial.rst``): selecting single examples (``-k``,
+``-m rabbitmq``) leaves out the ones that define what they use.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
+from sybil import Sybil
+from sybil.evaluators.python import pad
+from sybil.parsers.rest import CodeBlockParser, SkipParser
 
 import trioevents.testing.pytest_plugin as trioevents_plugin
+from trioevents._memory import drop_broker
 from trioevents.testing import RabbitAdmin as RabbitAdmin
+
+if TYPE_CHECKING:
+    from sybil import Example
 
 # pytester runs the plugin's own tests (tests/test_pytest_plugin.py).
 pytest_plugins = ["pytester"]
+
+#: The URI docs examples use for "the RabbitMQ on this machine".
+LOCAL_RABBITMQ = "amqp://guest:guest@localhost:5672/"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,3 +64,48 @@ def pytest_configure(config: pytest.Config) -> None:
             "trioevents' pytest plugin is not loaded: install the project with "
             "python -m pip install -e '.[test]', or pass -p trioevents"
         )
+
+
+# ------------------------------------------------------------------ docs examples
+
+
+def _needs_rabbitmq(example: Example) -> bool:
+    return isinstance(example.parsed, str) and LOCAL_RABBITMQ in example.parsed
+
+
+def _evaluate_python(example: Example) -> None:
+    """Run a Python example; one naming the local RabbitMQ on a fresh vhost."""
+    __tracebackhide__ = True
+    source = str(example.parsed)
+    if LOCAL_RABBITMQ in source:
+        request: pytest.FixtureRequest = example.namespace["request"]
+        vhost_uri: str = request.getfixturevalue("rabbit_vhost")
+        source = source.replace(LOCAL_RABBITMQ, vhost_uri)
+    padded = pad(source, example.line + example.parsed.line_offset)
+    code = compile(padded, example.path, "exec", dont_inherit=True)
+    exec(code, example.namespace)
+    del example.namespace["__builtins__"]  # exec adds it
+
+
+def _fresh_memory_broker(namespace: dict[str, Any]) -> None:
+    drop_broker("")  # the broker of plain "memory://"
+
+
+pytest_collect_file = Sybil(
+    parsers=[
+        CodeBlockParser(language="python", evaluator=_evaluate_python),
+        SkipParser(),
+    ],
+    patterns=["README.rst", "docs/*.rst"],
+    fixtures=["request"],
+    setup=_fresh_memory_broker,
+    teardown=_fresh_memory_broker,
+).pytest()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the docs examples that run on RabbitMQ with ``rabbitmq``."""
+    for item in items:
+        example = getattr(item, "example", None)
+        if example is not None and _needs_rabbitmq(example):
+            item.add_marker(pytest.mark.rabbitmq)
