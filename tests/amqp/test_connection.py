@@ -660,6 +660,28 @@ async def test_end_of_stream_cancels_the_body_and_raises_connection_lost(
     assert len(cancelled) == 1
 
 
+async def test_an_end_of_stream_in_the_middle_of_a_frame_is_connection_lost(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A stream cut short mid-frame is a lost connection, not a broken broker.
+
+    Regression (found by ``tests/amqp/test_faults.py``): a proxy resetting the
+    connection in the middle of a large delivery can show up as a plain end of
+    stream; it was a RemoteProtocolError, which stopped the host instead of
+    making it reconnect.
+    """
+
+    async def run() -> None:
+        async with connection(nursery) as (_, broker):
+            frame = pamqp_frame.marshal(commands.Queue.DeclareOk("q", 0, 0), 1)
+            await broker.stream.send_all(frame[:5])
+            await broker.stream.aclose()
+            await trio.sleep_forever()
+
+    with pytest.raises(ConnectionLost, match="in the middle of a frame"):
+        await run()
+
+
 async def test_socket_errors_after_a_broker_close_are_not_reported(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

@@ -543,9 +543,11 @@ class AmqpConnection(abc.Connection):
     async def _reader(self) -> None:
         proto = self._proto
         stream = self._stream
+        eof = False
         try:
             while True:
                 data = await stream.receive_some(_READ_SIZE)
+                eof = not data
                 proto.receive_data(data)
                 while (event := proto.next_event()) is not NEED_DATA:
                     self._handle(event)
@@ -554,6 +556,20 @@ class AmqpConnection(abc.Connection):
                 if proto.pending_output:
                     self._wake_writer()
         except RemoteProtocolError as exc:
+            if eof:
+                # The stream ended in the middle of a frame (the only violation
+                # an end of stream can cause: whole frames were handled as they
+                # came). That is a connection cut short, not a broker breaking
+                # AMQP: Linux may report a reset connection as a plain end of
+                # stream (seen with a proxy that resets both sides). It must be
+                # ConnectionLost, which hosts recover from by reconnecting.
+                self._fail(
+                    ConnectionLost(
+                        f"{self._peer} closed the connection in the middle of a frame"
+                    ),
+                    exc,
+                )
+                return
             # The protocol queued a Connection.Close saying why; send it.
             self._wake_writer()
             self._fail(
