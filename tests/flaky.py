@@ -9,6 +9,7 @@ attempts fail with :class:`~trioevents.BrokerUnavailable`.
 
 from __future__ import annotations
 
+import copy
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,10 @@ class FlakyTransport(abc.Transport):
     def refuse(self, times: int) -> None:
         self.refusals = times
 
-    def cut(self) -> None:
+    def cut(self, error: Exception | None = None) -> None:
+        """Kill every live connection; its calls raise *error* (ConnectionLost)."""
         for connection in list(self.live):
-            connection.die()
+            connection.die(error)
 
     @asynccontextmanager
     async def open_connection(self) -> AsyncIterator[FlakyConnection]:
@@ -59,13 +61,17 @@ class FlakyConnection(abc.Connection):
     def __init__(self, inner: MemoryConnection) -> None:
         self.inner = inner
         self.dead = False
+        self.error: Exception | None = None
 
-    def die(self) -> None:
+    def die(self, error: Exception | None = None) -> None:
         self.dead = True
+        self.error = error
         self.inner._close()
 
     def _check(self) -> None:
         if self.dead:
+            if self.error is not None:
+                raise copy.copy(self.error)
             raise ConnectionLost("the connection was cut")
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:

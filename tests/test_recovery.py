@@ -13,6 +13,7 @@ from trioevents import (
     BrokerUnavailable,
     EventDispatcher,
     MemoryTransport,
+    RemoteProtocolError,
     ServiceHost,
     event_handler,
 )
@@ -106,8 +107,27 @@ async def test_a_lost_connection_is_restored_and_nothing_is_lost(
     assert transport.connects == 2
     assert await queue_depth(uri, "evt-src-ping--counter.handle") == 0
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("connection lost to") for m in messages)
+    # one loss, then the two refused attempts to connect again
+    assert sum(m.startswith("connection lost to") for m in messages) == 1
+    assert sum(m.startswith("cannot connect to") for m in messages) == 2
     assert any(m.startswith("resumed counter") for m in messages)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_broker_that_breaks_the_protocol_is_reconnected_to(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    uri = fresh_uri()
+    host, transport = flaky_host([Counter], uri)
+    await nursery.start(host.serve)
+    await dispatch(uri, {"n": 1, "block": True})
+    await recorder.wait_for(1)
+    transport.cut(RemoteProtocolError("501 FRAME_ERROR: garbage from the broker"))
+    release.set()
+    await dispatch(uri, {"n": 2})
+    calls = await recorder.wait_for(3, within=60)
+    assert sorted(n for _, n in calls) == [1, 1, 2]  # serving again, nothing lost
+    assert transport.connects == 2
     nursery.cancel_scope.cancel()
 
 

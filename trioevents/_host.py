@@ -40,6 +40,7 @@ from ._exceptions import (
     ConnectionLost,
     EventHandlerConfigurationError,
     HandlerTimeout,
+    RemoteProtocolError,
     TransportError,
 )
 from ._extensions import DependencyProvider, Entrypoint, entrypoints_of
@@ -133,8 +134,17 @@ class _Started:
             self._task_status.started()
 
 
-#: What a dead connection raises.
-_LOST = (ConnectionLost, trio.ClosedResourceError, trio.BrokenResourceError)
+#: What a dead connection raises. A broker that broke the protocol closed the
+#: connection too: we connect again rather than take the host down.
+_LOST = (
+    ConnectionLost,
+    RemoteProtocolError,
+    trio.ClosedResourceError,
+    trio.BrokenResourceError,
+)
+
+#: Publishes in flight at once per connection (each waiting for its confirm).
+_PUBLISHERS = 32
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -501,7 +511,10 @@ class ServiceHost:
                 ) * random.uniform(0.5, 1.0)
                 logger.warning(
                     "%s %s: %s; reconnecting in %.1f s (attempt %d)",
-                    "connection lost to" if started.done else "cannot connect to",
+                    "connection lost to"
+                    if failures == 1 and started.done
+                    # after a loss, the attempts to connect again fail
+                    else "cannot connect to",
                     uri,
                     cause,
                     delay,
@@ -583,11 +596,19 @@ class ServiceHost:
     async def _publisher(self, connection: abc.Connection) -> None:
         """Publish what workers queued, on *connection*, until it dies.
 
-        A request whose publish was interrupted (the connection died, or this task
-        was cancelled) goes back to the front of the line and is published again
-        on the next connection: at-least-once, never a success reported for an
-        unconfirmed message.
+        ``_PUBLISHERS`` tasks take requests from the one channel, so that many
+        publishes wait for their confirms at once (the broker may confirm them
+        together, ``multiple=True``) while each dispatcher still waits for its
+        own. A request whose publish was interrupted (the connection died, or
+        this task was cancelled) goes back to the front of the line and is
+        published again on the next connection: at-least-once, never a success
+        reported for an unconfirmed message.
         """
+        async with trio.open_nursery() as nursery:
+            for _ in range(_PUBLISHERS):
+                nursery.start_soon(self._publish_loop, connection)
+
+    async def _publish_loop(self, connection: abc.Connection) -> None:
         receive = self._publish_receive
         assert receive is not None
         pending = self._pending
