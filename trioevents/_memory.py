@@ -53,8 +53,8 @@ from ._routing import Exchange as _Exchange
 from ._validation import (
     check_body,
     check_exchange_type,
-    check_int,
     check_name,
+    check_prefetch,
     check_properties,
     check_routing_key,
     check_table,
@@ -936,10 +936,7 @@ class MemoryConnection(abc.Connection):
         self, queue: str, prefetch_count: int, exclusive: bool
     ) -> AsyncIterator[MemoryConsumer]:
         check_name(queue, "queue name")
-        if not check_int(prefetch_count, 0, 65535):
-            raise InvalidRequest(
-                f"prefetch_count must be an int from 0 to 65535, not {prefetch_count!r}"
-            )
+        check_prefetch(prefetch_count)
         await self._enter()
         q = self._queue(queue)
         if q.consumers and (exclusive or any(c.exclusive for c in q.consumers)):

@@ -19,6 +19,7 @@ __all__ = [
     "check_exchange_type",
     "check_int",
     "check_name",
+    "check_prefetch",
     "check_properties",
     "check_routing_key",
     "check_table",
@@ -68,6 +69,15 @@ def check_exchange_type(value: object) -> ExchangeType:
 def check_int(value: object, low: int, high: int) -> bool:
     """Tell whether *value* is an int (not a bool) from *low* to *high*."""
     return type(value) is int and low <= value <= high
+
+
+def check_prefetch(prefetch_count: object) -> int:
+    """Check a consumer's prefetch count (an int from 0, no limit, to 65535)."""
+    if isinstance(prefetch_count, int) and check_int(prefetch_count, 0, 65535):
+        return prefetch_count
+    raise InvalidRequest(
+        f"prefetch_count must be an int from 0 to 65535, not {prefetch_count!r}"
+    )
 
 
 def check_body(body: object) -> bytes:

@@ -58,8 +58,8 @@ from .._message import Delivery, ExchangeType, Properties, QueueDeclared, Settle
 from .._validation import (
     check_body,
     check_exchange_type,
-    check_int,
     check_name,
+    check_prefetch,
     check_properties,
     check_routing_key,
     check_table,
@@ -1137,10 +1137,7 @@ class AmqpConnection(abc.Connection):
         # No cancel scope may span the yield: the consumer may be closed after
         # its connection (e.g. by hand with __aexit__), as the seam allows.
         check_name(queue, "queue name")
-        if not check_int(prefetch_count, 0, 65535):
-            raise InvalidRequest(
-                f"prefetch_count must be an int from 0 to 65535, not {prefetch_count!r}"
-            )
+        check_prefetch(prefetch_count)
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_usable()
         proto = self._proto
