@@ -72,24 +72,30 @@ def masked_uri(uri: str) -> str:
 
     ``amqp://guest:guest@localhost:5672/`` becomes
     ``amqp://guest:****@localhost:5672/``; a URI without a password is returned
-    as it is.
+    as it is. A password that should have been percent-encoded but was not
+    (``pa#ss``, ``pa/ss``, ``pa@ss``) is hidden all the same: the user info
+    ends at the last ``@`` before the host, wherever ``/``, ``?`` or ``#``
+    come.
     """
     scheme, sep, rest = uri.partition("://")
     if not sep:
         scheme, rest = "", uri
+    first_at = rest.find("@")
+    if first_at == -1:
+        return uri
+    # The host part follows the user info's last "@" and ends at the first
+    # "/", "?" or "#" after it.
     end = len(rest)
     for delimiter in "/?#":
-        found = rest.find(delimiter)
+        found = rest.find(delimiter, first_at)
         if found != -1:
             end = min(end, found)
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, hostport = authority.rpartition("@")
-    if not at:
-        return uri
+    at = rest.rfind("@", 0, end)
+    userinfo, hostport_and_tail = rest[:at], rest[at + 1 :]
     user, colon, _password = userinfo.partition(":")
-    if not colon:
+    if not colon or any(c in user for c in "/?#"):
         return uri
-    return f"{scheme}{sep}{user}:****@{hostport}{tail}"
+    return f"{scheme}{sep}{user}:****@{hostport_and_tail}"
 
 
 # ---------------------------------------------------------------- validators

@@ -19,15 +19,18 @@ import trio
 from ._exceptions import (
     ConfigurationError,
     EventHandlerConfigurationError,
+    InvalidRequest,
     SerializationError,
     TransportError,
 )
 from ._extensions import DependencyProvider, Entrypoint
 from ._message import ExchangeType, Properties
 from ._retry import (
+    ORIGINAL_ROUTING_KEY_HEADER,
     Backoff,
     attempts_so_far,
     check_combination,
+    copied_headers,
     dead_letter_headers,
     dlq_name,
     retry_queue_name,
@@ -394,7 +397,7 @@ class EventHandler(Entrypoint):
             logger.error(
                 "dead-lettering undecodable event %r from %r for %s (message id "
                 "%s) to %r: %s",
-                delivery.routing_key,
+                _event_type(delivery),
                 self.source_service,
                 where,
                 props.message_id,
@@ -415,7 +418,7 @@ class EventHandler(Entrypoint):
                 logger.warning(
                     "error handling event %r from %r in %s (message id %s, call id "
                     "%s), attempt %d of %d; retrying in %s s",
-                    delivery.routing_key,
+                    _event_type(delivery),
                     self.source_service,
                     where,
                     props.message_id,
@@ -436,7 +439,7 @@ class EventHandler(Entrypoint):
                 logger.error(
                     "error handling event %r from %r in %s (message id %s, call id "
                     "%s), attempt %d; giving up: dead-lettered to %r",
-                    delivery.routing_key,
+                    _event_type(delivery),
                     self.source_service,
                     where,
                     props.message_id,
@@ -453,7 +456,7 @@ class EventHandler(Entrypoint):
         )
         logger.error(
             "error handling event %r from %r in %s (message id %s, call id %s)%s",
-            delivery.routing_key,
+            _event_type(delivery),
             self.source_service,
             where,
             props.message_id,
@@ -497,22 +500,57 @@ class EventHandler(Entrypoint):
         error: BaseException,
         attempt: int,
     ) -> None:
-        """Put a copy of *delivery* in *queue*, then ack it (at-least-once)."""
-        properties = attrs.evolve(
-            delivery.properties,
-            headers=dead_letter_headers(delivery, error, attempt),
-            expiration=None,
-        )
+        """Put a copy of *delivery* in *queue*, then ack it (at-least-once).
+
+        The copy carries the original headers plus ours; if the broker cannot
+        take that (headers too large for an AMQP frame), a copy with a brief
+        error, then one with the original headers alone. Only if even that is
+        refused is the delivery rejected without requeue: it would fail again.
+        """
+        copies = [
+            dead_letter_headers(delivery, error, attempt),
+            dead_letter_headers(delivery, error, attempt, brief=True),
+            copied_headers(delivery),
+        ]
         host = self._runner.host
         try:
             await host._connection.declare_queue(
                 queue, durable=True, arguments=arguments
             )
-            await host._publish("", queue, delivery.body, properties)
+            for number, headers in enumerate(copies, 1):
+                properties = attrs.evolve(
+                    delivery.properties, headers=headers or None, expiration=None
+                )
+                try:
+                    await host._publish("", queue, delivery.body, properties)
+                    break
+                except InvalidRequest as exc:
+                    if number == len(copies):
+                        raise
+                    logger.warning(
+                        "cannot copy event %r (message id %s) to %r with our "
+                        "headers: %s; trying with fewer",
+                        _event_type(delivery),
+                        delivery.properties.message_id,
+                        queue,
+                        exc,
+                    )
+        except InvalidRequest as exc:
+            logger.error(
+                "cannot copy event %r (message id %s) to %r: %s; rejected without "
+                "requeue (dead-lettered only if its queue has a dead-letter "
+                "exchange)",
+                _event_type(delivery),
+                delivery.properties.message_id,
+                queue,
+                exc,
+            )
+            await _settle(delivery, requeue=False, reject=True)
+            return
         except (TransportError, trio.ClosedResourceError) as exc:
             logger.error(
                 "could not move event %r (message id %s) to %r: %s; requeued",
-                delivery.routing_key,
+                _event_type(delivery),
                 delivery.properties.message_id,
                 queue,
                 exc,
@@ -547,6 +585,15 @@ class _InFlight:
             await trio.lowlevel.checkpoint()
 
 
+def _event_type(delivery: Delivery) -> str:
+    """The event type of *delivery*, also when it comes back from a retry queue."""
+    headers = delivery.properties.headers or {}
+    original = headers.get(ORIGINAL_ROUTING_KEY_HEADER)
+    if isinstance(original, str) and len(original) <= 255:  # a routing key's limit
+        return original
+    return delivery.routing_key
+
+
 async def _settle(
     delivery: Delivery, *, requeue: bool = False, reject: bool = False
 ) -> None:
@@ -562,7 +609,7 @@ async def _settle(
             logger.warning(
                 "could not settle delivery %s of %r: %s",
                 delivery.delivery_tag,
-                delivery.routing_key,
+                _event_type(delivery),
                 exc,
             )
 

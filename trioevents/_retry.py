@@ -31,6 +31,7 @@ __all__ = [
     "ERROR_HEADER",
     "Backoff",
     "attempts_so_far",
+    "copied_headers",
     "dead_letter_headers",
     "dlq_name",
     "retry_queue_name",
@@ -47,6 +48,8 @@ ORIGINAL_EXCHANGE_HEADER: Final = "x-trioevents-original-exchange"
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-trioevents-original-routing-key"
 #: How many times the handler was tried.
 ATTEMPTS_HEADER: Final = "x-trioevents-attempts"
+#: An ``x-death`` header RabbitMQ could not update, as it came.
+INVALID_X_DEATH_HEADER: Final = "x-trioevents-invalid-x-death"
 _TRACEBACK_LIMIT = 4000
 
 
@@ -180,15 +183,60 @@ def _describe(error: BaseException) -> tuple[str, str]:
     return summary[:1000], text[-_TRACEBACK_LIMIT:]
 
 
+def _is_sound_death(entry: object) -> bool:
+    """Tell whether RabbitMQ can update *entry* of an ``x-death`` header.
+
+    RabbitMQ 3.10 crashes the queue, and loses the message, when it dead-letters
+    a message whose ``x-death`` holds something other than tables, or a table
+    whose ``count`` is not an integer.
+    """
+    if not isinstance(entry, Mapping):
+        return False
+    count = entry.get("count", 1)
+    return isinstance(count, int) and not isinstance(count, bool)
+
+
+def copied_headers(delivery: Delivery) -> dict[str, Any]:
+    """The original headers of *delivery*, safe to publish to a retry queue.
+
+    Everything is kept but the entries of a malformed ``x-death`` header that
+    RabbitMQ could not update (see :func:`_is_sound_death`); if any is dropped,
+    the header as it came is kept under ``x-trioevents-invalid-x-death``.
+    """
+    headers = dict(delivery.properties.headers or {})
+    deaths = headers.get("x-death")
+    if deaths is None:
+        return headers
+    sound = (
+        [entry for entry in deaths if _is_sound_death(entry)]
+        if isinstance(deaths, list)
+        else []
+    )
+    if not isinstance(deaths, list) or len(sound) != len(deaths):
+        headers[INVALID_X_DEATH_HEADER] = deaths
+        if sound:
+            headers["x-death"] = sound
+        else:
+            del headers["x-death"]
+    return headers
+
+
 def dead_letter_headers(
-    delivery: Delivery, error: BaseException | str, attempts: int
+    delivery: Delivery,
+    error: BaseException | str,
+    attempts: int,
+    *,
+    brief: bool = False,
 ) -> dict[str, Any]:
     """Headers of the copy that goes to a retry or dead-letter queue.
 
-    The original headers are kept (``x-death`` too); the original exchange and
-    routing key, the attempt count and the last error are added.
+    The original headers are kept (``x-death`` too, less what RabbitMQ could not
+    handle: see :func:`copied_headers`); the original exchange and routing key,
+    the attempt count and the last error are added. *brief* leaves out the
+    traceback and cuts the error to 255 characters, for messages whose own
+    headers leave little room in an AMQP frame.
     """
-    headers = dict(delivery.properties.headers or {})
+    headers = copied_headers(delivery)
     headers.setdefault(ORIGINAL_EXCHANGE_HEADER, delivery.exchange)
     headers.setdefault(ORIGINAL_ROUTING_KEY_HEADER, delivery.routing_key)
     headers[ATTEMPTS_HEADER] = attempts
@@ -198,6 +246,9 @@ def dead_letter_headers(
         headers[TRACEBACK_HEADER] = text
     else:
         headers[ERROR_HEADER] = error[:1000]
+        headers.pop(TRACEBACK_HEADER, None)
+    if brief:
+        headers[ERROR_HEADER] = headers[ERROR_HEADER][:255]
         headers.pop(TRACEBACK_HEADER, None)
     return headers
 

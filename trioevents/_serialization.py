@@ -33,6 +33,7 @@ import decimal
 import functools
 import inspect
 import json
+import reprlib
 import typing
 import uuid
 from collections import deque
@@ -99,6 +100,30 @@ _ARRAY_ORIGINS: frozenset[Any] = frozenset(
 )
 
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
+
+# Error messages quote a message's values briefly: they end up in logs and in
+# the x-trioevents-error header, and a payload may be megabytes.
+_BRIEF = reprlib.Repr()  # keyword arguments need Python 3.12
+_BRIEF.maxstring = _BRIEF.maxother = 80
+_BRIEF.maxlevel = 2
+#: How many structuring problems a SerializationError lists.
+_MAX_PROBLEMS = 10
+_MAX_PROBLEM_LENGTH = 200
+
+
+def _brief(value: object) -> str:
+    return _BRIEF.repr(value)
+
+
+def _clip(text: str, limit: int = _MAX_PROBLEM_LENGTH) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _summarize_problems(problems: list[str]) -> str:
+    shown = [_clip(p) for p in problems[:_MAX_PROBLEMS]]
+    if len(problems) > _MAX_PROBLEMS:
+        shown.append(f"and {len(problems) - _MAX_PROBLEMS} more")
+    return "; ".join(shown)
 
 
 # --------------------------------------------------------------------- converter
@@ -251,7 +276,7 @@ def _structure_decimal(value: object, _: type[decimal.Decimal]) -> decimal.Decim
         try:
             return decimal.Decimal(value)
         except decimal.InvalidOperation:
-            raise ValueError(f"not a decimal number: {value!r}") from None
+            raise ValueError(f"not a decimal number: {_brief(value)}") from None
     raise _type_error("a decimal string or number", value)
 
 
@@ -517,7 +542,9 @@ def decode_payload(
     except json.JSONDecodeError as exc:
         raise SerializationError(f"the body is not valid JSON: {exc}") from exc
     except Exception as exc:  # a kombu wrapping that does not decode
-        raise SerializationError(f"the body cannot be decoded: {exc}") from exc
+        raise SerializationError(
+            f"the body cannot be decoded: {_clip(str(exc), 500)}"
+        ) from exc
     try:
         _check_depth(text, value, max_depth)
     except ValueError as exc:
@@ -528,7 +555,7 @@ def decode_payload(
     try:
         return conv.structure(value, annotation)  # type: ignore[arg-type]
     except Exception as exc:
-        problems = "; ".join(cattrs.transform_error(exc))
+        problems = _summarize_problems(cattrs.transform_error(exc))
         raise SerializationError(
             f"the payload does not match {_type_name(annotation)}: {problems}"
         ) from exc
@@ -607,7 +634,7 @@ def _kombu_decimal(value: object) -> decimal.Decimal:
     try:
         return decimal.Decimal(_expect_str(value))
     except decimal.InvalidOperation:
-        raise ValueError(f"not a decimal number: {value!r}") from None
+        raise ValueError(f"not a decimal number: {_brief(value)}") from None
 
 
 def _kombu_uuid(value: object) -> uuid.UUID:
@@ -650,8 +677,8 @@ def _kombu_object_hook(obj: dict[str, Any]) -> object:
     marker = obj["__type__"]
     decoder = _KOMBU_DECODERS.get(marker) if isinstance(marker, str) else None
     if decoder is None:
-        raise ValueError(f"unknown kombu type marker {marker!r} in {obj!r}")
+        raise ValueError(f"unknown kombu type marker {_brief(marker)} in {_brief(obj)}")
     try:
         return decoder(obj["__value__"])
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"invalid kombu {marker!r} value: {exc}") from exc
+        raise ValueError(f"invalid kombu {marker!r} value: {_clip(str(exc))}") from exc

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import decimal
 import logging
+import reprlib
 import uuid
 from typing import TYPE_CHECKING, Any, final
 
@@ -242,6 +243,7 @@ def _read_call_id_stack(value: object, where: str) -> list[str]:
         )
         return []
     stack: list[str] = []
+    dropped: list[object] = []
     for item in value:
         entry = item
         if isinstance(entry, bytes):
@@ -250,12 +252,18 @@ def _read_call_id_stack(value: object, where: str) -> list[str]:
         if isinstance(entry, str):
             stack.append(entry)
         else:
-            logger.warning(
-                "%s: ignoring an entry of the %s header that is not a string: %r",
-                where,
-                _CALL_ID_STACK_HEADER,
-                entry,
-            )
+            dropped.append(entry)
+    if dropped:
+        # One line per header, however long the list: bad input must not
+        # flood the log.
+        logger.warning(
+            "%s: ignoring %d non-string entr%s of the %s header (the first: %s)",
+            where,
+            len(dropped),
+            "y" if len(dropped) == 1 else "ies",
+            _CALL_ID_STACK_HEADER,
+            reprlib.repr(dropped[0]),
+        )
     return stack
 
 
