@@ -403,7 +403,7 @@ def _heartbeat_seconds(heartbeat: float | None) -> int:
 
 @final
 class AmqpConnection(abc.Connection):
-    """A connection to RabbitMQ, made by :func:`open_amqp_connection`.
+    """A connection to RabbitMQ, opened by :meth:`AmqpTransport.open_connection`.
 
     Implements :class:`trioevents.abc.Connection`; see there for what each
     method does and raises. Every method may also raise
