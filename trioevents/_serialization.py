@@ -37,7 +37,7 @@ import reprlib
 import typing
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import cattrs
 from cattrs.strategies import configure_union_passthrough
@@ -446,7 +446,7 @@ def encode_payload(
     what = f"a payload of type {type(value).__qualname__}"
     try:
         plain = conv.unstructure(value)
-        text = json.dumps(plain, ensure_ascii=True, allow_nan=False)
+        text = _JSON_ENCODER.encode(plain)
     except RecursionError as exc:
         raise SerializationError(
             f"cannot encode {what}: it nests too deeply (or refers to itself)"
@@ -534,7 +534,7 @@ def decode_payload(
     except UnicodeDecodeError as exc:
         raise SerializationError(f"the body is not valid UTF-8: {exc}") from exc
     try:
-        value = json.loads(text, object_hook=_kombu_object_hook)
+        value = _JSON_DECODER.decode(text)
     except RecursionError as exc:
         raise SerializationError(
             f"the payload nests deeper than {max_depth} levels (MAX_JSON_DEPTH)"
@@ -682,3 +682,9 @@ def _kombu_object_hook(obj: dict[str, Any]) -> object:
         return decoder(obj["__value__"])
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid kombu {marker!r} value: {_clip(str(exc))}") from exc
+
+
+# One encoder and one decoder for every message: json.dumps / json.loads with
+# arguments build new ones per call. Both are stateless, so sharing is safe.
+_JSON_ENCODER: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
+_JSON_DECODER: Final = json.JSONDecoder(object_hook=_kombu_object_hook)

@@ -530,6 +530,9 @@ class AmqpConnection(abc.Connection):
         try:
             while True:
                 await self._output_ready.wait()
+                # Let the other ready tasks queue their frames too, then write
+                # them all in one send_all (fewer syscalls under load).
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 self._output_ready = trio.Event()
                 data = proto.data_to_send()
                 if data:
