@@ -597,21 +597,24 @@ def _event_type(delivery: Delivery) -> str:
 async def _settle(
     delivery: Delivery, *, requeue: bool = False, reject: bool = False
 ) -> None:
-    """Ack or reject *delivery*, shielded so that a late cancel cannot lose it."""
-    with trio.CancelScope(shield=True):
-        try:
-            if reject:
-                await delivery.reject(requeue=requeue)
-            else:
-                await delivery.ack()
-        except (TransportError, trio.ClosedResourceError) as exc:
-            # The connection went away: the broker redelivers the message.
-            logger.warning(
-                "could not settle delivery %s of %r: %s",
-                delivery.delivery_tag,
-                _event_type(delivery),
-                exc,
-            )
+    """Ack or reject *delivery*.
+
+    Settling is not a cancellation point (see :class:`~trioevents.Delivery`):
+    once called it settles, so a late cancel cannot leave it half done.
+    """
+    try:
+        if reject:
+            await delivery.reject(requeue=requeue)
+        else:
+            await delivery.ack()
+    except (TransportError, trio.ClosedResourceError) as exc:
+        # The connection went away: the broker redelivers the message.
+        logger.warning(
+            "could not settle delivery %s of %r: %s",
+            delivery.delivery_tag,
+            _event_type(delivery),
+            exc,
+        )
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1098,7 +1098,7 @@ class MemoryConsumer(abc.Consumer):
         self._wake()
 
     async def _settle(self, delivery: Delivery, how: Settlement, requeue: bool) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # Not a cancellation point: settle, then only yield (see Delivery).
         entry = self._unsettled.pop(delivery.delivery_tag, None)
         if entry is None:
             raise trio.ClosedResourceError(

@@ -107,6 +107,11 @@ Settler = Callable[["Delivery", Settlement, bool], Awaitable[None]]
 class Delivery:
     """A message handed to a consumer, to be settled exactly once.
 
+    :meth:`ack`, :meth:`nack` and :meth:`reject` are not cancellation points:
+    once called, they settle the delivery (or raise a transport error) and only
+    then yield to the scheduler, so a cancellation around them can never leave
+    a delivery marked settled that the broker was not told about.
+
     Attributes
     ----------
     delivery_tag

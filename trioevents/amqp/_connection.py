@@ -1352,7 +1352,7 @@ class AmqpConsumer(abc.Consumer):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _settle(self, delivery: Delivery, how: Settlement, requeue: bool) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        # Not a cancellation point: the frame is queued whole before we yield.
         ch = self._channel
         if not ch.open:
             failure = self._connection._failure

@@ -1755,6 +1755,31 @@ async def check_settle_exactly_once(make_transport: MakeTransport) -> None:
 
 
 @_check
+async def check_settling_is_not_a_cancellation_point(
+    make_transport: MakeTransport,
+) -> None:
+    """Under a cancelled scope, ack / nack / reject still settle, without Cancelled."""
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for body in (b"ack", b"nack", b"reject"):
+            await conn.publish("", queue, body)
+        async with conn.open_consumer(queue, prefetch_count=3) as consumer:
+            got = {}
+            for _ in range(3):
+                delivery = await _receive(consumer)
+                got[delivery.body] = delivery
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await got[b"ack"].ack()
+                await got[b"nack"].nack(requeue=False)
+                await got[b"reject"].reject(requeue=False)
+            assert not scope.cancelled_caught, "a settle raised Cancelled"
+        # Nothing came back when the consumer closed: all three were settled.
+        assert await _drain(conn, queue) == []
+        await _assert_usable(conn)
+
+
+@_check
 async def check_consumer_cancel_ends_iteration(make_transport: MakeTransport) -> None:
     """After cancel() iteration ends, and deliveries already received can be acked."""
     async with make_transport().open_connection() as conn:
