@@ -36,7 +36,11 @@ _MAX_TABLE_DEPTH = 32
 def _shortstr(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(f"{what} must be a str, not {type(value).__name__}")
-    if len(value.encode("utf-8")) > _SHORTSTR_MAX:
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
+        raise InvalidRequest(f"{what} is not valid Unicode: {exc}") from None
+    if len(encoded) > _SHORTSTR_MAX:
         raise InvalidRequest(
             f"{what} is longer than {_SHORTSTR_MAX} bytes: {value[:40]!r}..."
         )

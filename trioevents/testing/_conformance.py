@@ -2440,9 +2440,9 @@ async def check_unsupported_header_value_is_invalid(
 
 @_check
 async def check_overlong_names_are_invalid(make_transport: MakeTransport) -> None:
-    """Exchange and queue names over 255 UTF-8 bytes are refused locally."""
+    """Names over 255 UTF-8 bytes, or with no UTF-8 form, are refused locally."""
     async with make_transport().open_connection() as conn:
-        for bad in ("x" * 256, "\u00e9" * 128):
+        for bad in ("x" * 256, "\u00e9" * 128, "lone \ud800 surrogate"):
             await _assert_invalid(
                 conn, functools.partial(conn.declare_exchange, bad, ExchangeType.TOPIC)
             )
