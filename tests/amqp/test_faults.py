@@ -355,39 +355,13 @@ async def test_cuts_lose_no_confirmed_event(
     rabbit_vhost: str, host_log: LogWatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """10,000 events with confirms while every connection is cut 5 times."""
-    count = 10_000
-    cut_points = [1_500, 3_500, 5_500, 7_500, 9_000]
-    sink, tally = Sink(), Tally.of(range(count))
-    cuts = 0
-    start = trio.current_time()
-
-    async def cutter(proxy: TcpProxy) -> None:
-        nonlocal cuts
-        for point in cut_points:
-            await tally.wait_confirmed(point)
-            proxy.cut()
-            cuts += 1
-
-    with trio.fail_after(DEADLINE):
-        async with open_tcp_proxy(upstream_port(rabbit_vhost)) as proxy:
-            host = make_host([counting_service(sink)], via(proxy, rabbit_vhost))
-            async with trio.open_nursery() as nursery:
-                await nursery.start(host.serve)
-                nursery.start_soon(cutter, proxy)
-                await dispatch_all(host, tally)
-                report = await settle_and_report(
-                    "cuts",
-                    tally,
-                    sink,
-                    capsys,
-                    start=start,
-                    cuts=cuts,
-                    links_cut=proxy.statistics().cut,
-                )
-                await round_trip(host, sink, count)
-                await host.stop()
-
-    assert cuts == len(cut_points)
+    report, cuts = await run_with_cuts(
+        "cuts",
+        rabbit_vhost,
+        capsys,
+        count=10_000,
+        cut_points=[1_500, 3_500, 5_500, 7_500, 9_000],
+    )
     # Each cut kills at most one connection of the host.
     check(report, losses=cuts)
     # The host did lose its connection and came back on a new one.
@@ -403,8 +377,29 @@ async def test_cuts_in_the_middle_of_large_events_lose_none(
     With that much in flight a cut lands in the middle of a frame, which the
     client may see as a plain end of stream: still a lost connection.
     """
-    count, size = 300, 300_000
-    cut_points = [50, 110, 170, 230]
+    report, cuts = await run_with_cuts(
+        "large cuts",
+        rabbit_vhost,
+        capsys,
+        count=300,
+        cut_points=[50, 110, 170, 230],
+        concurrency=8,
+        size=300_000,
+    )
+    check(report, losses=cuts)
+    assert host_log.count("resumed counting") >= 1
+
+
+async def run_with_cuts(
+    name: str,
+    rabbit_vhost: str,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    count: int,
+    cut_points: list[int],
+    **dispatch_options: Any,
+) -> tuple[Report, int]:
+    """Dispatch *count* events through the proxy, cutting it at *cut_points*."""
     sink, tally = Sink(), Tally.of(range(count))
     cuts = 0
     start = trio.current_time()
@@ -422,9 +417,9 @@ async def test_cuts_in_the_middle_of_large_events_lose_none(
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 nursery.start_soon(cutter, proxy)
-                await dispatch_all(host, tally, concurrency=8, size=size)
+                await dispatch_all(host, tally, **dispatch_options)
                 report = await settle_and_report(
-                    "large cuts",
+                    name,
                     tally,
                     sink,
                     capsys,
@@ -434,10 +429,8 @@ async def test_cuts_in_the_middle_of_large_events_lose_none(
                 )
                 await round_trip(host, sink, count)
                 await host.stop()
-
     assert cuts == len(cut_points)
-    check(report, losses=cuts)
-    assert host_log.count("resumed counting") >= 1
+    return report, cuts
 
 
 def relay_services(pings: Sink, pongs: Sink, relayed: Sink) -> list[type]:

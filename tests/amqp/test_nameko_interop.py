@@ -23,21 +23,20 @@ import trio
 from trioevents import EventDispatcher, ServiceHost, event_handler
 from trioevents.testing import entrypoint_waiter
 
-pytestmark = pytest.mark.rabbitmq
-
 NAMEKO_PYTHON = pathlib.Path(
     os.environ.get("TRIOEVENTS_NAMEKO_PYTHON", "/tmp/nameko-venv/bin/python")
 )
 SIDE = pathlib.Path(__file__).with_name("nameko_side.py")
 
-
-def nameko_python() -> pathlib.Path:
-    if not NAMEKO_PYTHON.exists():
-        pytest.skip(
-            f"nameko is not installed: no {NAMEKO_PYTHON} (set TRIOEVENTS_NAMEKO_PYTHON "
-            "to a Python with nameko==2.14.1; skipped under CI too, nameko is optional)"
-        )
-    return NAMEKO_PYTHON
+pytestmark = [
+    pytest.mark.rabbitmq,
+    pytest.mark.skipif(
+        not NAMEKO_PYTHON.exists(),
+        reason=f"nameko is not installed: no {NAMEKO_PYTHON} (set "
+        "TRIOEVENTS_NAMEKO_PYTHON to a Python with nameko==2.14.1; skipped under CI "
+        "too, nameko is optional)",
+    ),
+]
 
 
 class TrioOrders:
@@ -59,10 +58,9 @@ PAYLOAD = {"id": 7, "items": [{"sku": "tea", "qty": 2}], "note": "caf\u00e9 \u26
 async def test_nameko_and_trioevents_exchange_events_both_ways(
     rabbit_vhost: str,
 ) -> None:
-    python = nameko_python()
     host = ServiceHost([TrioOrders, TrioAudit], {"AMQP_URI": rabbit_vhost})
     process = await trio.lowlevel.open_process(
-        [str(python), str(SIDE), rabbit_vhost],
+        [str(NAMEKO_PYTHON), str(SIDE), rabbit_vhost],
         stdout=subprocess.PIPE,
     )
     try:
