@@ -8,20 +8,33 @@ nameko side (``nameko_side.py``) runs in a subprocess with a Python of its own,
 
 Without it the test is skipped, under ``CI=true`` too: nameko is an optional
 cross-check, not a dependency.
+
+The chain: the test dispatches ``test_driver.place`` (with a ``nameko.language``
+header); trioevents' ``trio_orders.place`` dispatches ``order_placed``; nameko's
+``nameko_billing.on_order`` answers with ``order_seen``; trioevents'
+``trio_audit.on_seen`` gets it. A spy queue captures both cross-framework
+messages so that their AMQP properties can be compared, and each side then
+declares the other's queue, which fails if names or flags differ.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
-from typing import Any
+import urllib.parse
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 from trioevents import EventDispatcher, ServiceHost, event_handler
-from trioevents.testing import entrypoint_waiter
+from trioevents.testing import RabbitAdmin, entrypoint_waiter
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 NAMEKO_PYTHON = pathlib.Path(
     os.environ.get("TRIOEVENTS_NAMEKO_PYTHON", "/tmp/nameko-venv/bin/python")
@@ -43,6 +56,10 @@ class TrioOrders:
     name = "trio_orders"
     dispatch = EventDispatcher()
 
+    @event_handler("test_driver", "place")
+    async def place(self, payload: dict[str, Any]) -> None:
+        await self.dispatch("order_placed", payload)
+
 
 class TrioAudit:
     name = "trio_audit"
@@ -52,16 +69,37 @@ class TrioAudit:
         return payload
 
 
-PAYLOAD = {"id": 7, "items": [{"sku": "tea", "qty": 2}], "note": "caf\u00e9 \u2615"}
+class NamekoBillingTwin:
+    """Declares nameko's queue from trioevents; never gets an event."""
+
+    name = "nameko_billing"
+
+    @event_handler("trio_orders", "order_placed")
+    async def on_order(self, payload: dict[str, Any]) -> None:  # pragma: no cover
+        raise AssertionError("the twin got an event")
 
 
-async def test_nameko_and_trioevents_exchange_events_both_ways(
-    rabbit_vhost: str,
-) -> None:
-    host = ServiceHost([TrioOrders, TrioAudit], {"AMQP_URI": rabbit_vhost})
+PAYLOAD = {
+    "id": 7,
+    "items": [{"sku": "tea", "qty": 2, "tags": {"hot": True, "origin": None}}],
+    "note": "caf\u00e9 \u2615 \u65e5\u672c \U0001f600",
+    "ratio": 0.25,
+}
+
+QUEUES = {
+    "evt-test_driver-place--trio_orders.place",
+    "evt-trio_orders-order_placed--nameko_billing.on_order",
+    "evt-nameko_billing-order_seen--trio_audit.on_seen",
+}
+EXCHANGES = {"test_driver.events", "trio_orders.events", "nameko_billing.events"}
+SPY = "spy"
+
+
+@asynccontextmanager
+async def nameko_side(uri: str, *args: str) -> AsyncIterator[None]:
+    """Run ``nameko_side.py`` until it says ``ready``; terminate it after."""
     process = await trio.lowlevel.open_process(
-        [str(NAMEKO_PYTHON), str(SIDE), rabbit_vhost],
-        stdout=subprocess.PIPE,
+        [str(NAMEKO_PYTHON), str(SIDE), uri, *args], stdout=subprocess.PIPE
     )
     try:
         assert process.stdout is not None
@@ -71,20 +109,7 @@ async def test_nameko_and_trioevents_exchange_events_both_ways(
                 chunk = await process.stdout.receive_some()
                 assert chunk, f"the nameko side exited: {output!r}"
                 output += chunk
-        async with trio.open_nursery() as nursery:
-            await nursery.start(host.serve)
-            with trio.fail_after(60):
-                async with entrypoint_waiter(host, "trio_audit", "on_seen") as waited:
-                    async with host.dispatcher() as dispatch:
-                        await dispatch("trio_orders", "order_placed", PAYLOAD)
-            # nameko decoded our event, and we decoded nameko's answer.
-            assert waited.get() == {"echo": PAYLOAD, "by": "nameko"}
-            # nameko's call id came along in nameko.call_id_stack.
-            worker_ctx = waited.worker_ctx
-            assert worker_ctx is not None
-            parents = worker_ctx.call_id_stack[:-1]
-            assert any(c.startswith("nameko_billing.on_order.") for c in parents)
-            await host.stop()
+        yield
     finally:
         process.terminate()
         with trio.CancelScope(shield=True):
@@ -95,3 +120,117 @@ async def test_nameko_and_trioevents_exchange_events_both_ways(
                 await process.wait()
             if process.stdout is not None:
                 await process.stdout.aclose()
+
+
+async def api(admin: RabbitAdmin, method: str, path: str, body: Any = None) -> Any:
+    return await trio.to_thread.run_sync(admin.request, method, path, body)
+
+
+async def queue_flags(admin: RabbitAdmin, vhost: str) -> dict[str, tuple[Any, ...]]:
+    queues = await api(admin, "GET", f"queues/{vhost}")
+    return {
+        q["name"]: (q["durable"], q["auto_delete"], q["exclusive"], q["arguments"])
+        for q in queues
+        if q["name"] != SPY
+    }
+
+
+async def test_nameko_and_trioevents_exchange_events_both_ways(
+    rabbit_vhost: str, rabbit_admin: RabbitAdmin
+) -> None:
+    vhost = urllib.parse.quote(
+        urllib.parse.unquote(urllib.parse.urlsplit(rabbit_vhost).path[1:]), safe=""
+    )
+    host = ServiceHost([TrioOrders, TrioAudit], {"AMQP_URI": rabbit_vhost})
+    async with nameko_side(rabbit_vhost), trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        # Both sides are up, so both exchanges exist: spy on them.
+        await api(rabbit_admin, "PUT", f"queues/{vhost}/{SPY}", {"durable": False})
+        for exchange in ("trio_orders.events", "nameko_billing.events"):
+            await api(
+                rabbit_admin,
+                "POST",
+                f"bindings/{vhost}/e/{exchange}/q/{SPY}",
+                {"routing_key": "#"},
+            )
+        with trio.fail_after(60):
+            async with entrypoint_waiter(host, "trio_audit", "on_seen") as waited:
+                async with host.dispatcher() as dispatch:
+                    await dispatch(
+                        "test_driver",
+                        "place",
+                        PAYLOAD,
+                        headers={"nameko.language": "fr-fr"},
+                    )
+
+        # nameko decoded our event, and we decoded nameko's answer.
+        answer = waited.get()
+        assert answer["echo"] == PAYLOAD
+        assert answer["by"] == "nameko"
+        # Our call id stack and context data reached nameko's worker ...
+        on_order_stack = answer["call_id_stack"]
+        assert [c.rsplit(".", 1)[0] for c in on_order_stack] == [
+            "trio_orders.place",
+            "nameko_billing.on_order",
+        ]
+        assert answer["data"] == {"language": "fr-fr"}
+        # ... and nameko's came back to ours, with that language kept.
+        worker_ctx = waited.worker_ctx
+        assert worker_ctx is not None
+        assert worker_ctx.call_id_stack[:-1] == on_order_stack
+        assert worker_ctx.call_id_stack[-1].startswith("trio_audit.on_seen.")
+        assert worker_ctx.data == {"language": "fr-fr"}
+
+        # The two cross-framework messages, as the broker holds them.
+        got = await api(
+            rabbit_admin,
+            "POST",
+            f"queues/{vhost}/{SPY}/get",
+            {"count": 10, "ackmode": "ack_requeue_false", "encoding": "auto"},
+        )
+        by_exchange = {m["exchange"]: m for m in got}
+        assert sorted(by_exchange) == ["nameko_billing.events", "trio_orders.events"]
+        ours, theirs = (
+            by_exchange["trio_orders.events"],
+            by_exchange["nameko_billing.events"],
+        )
+        assert ours["routing_key"] == "order_placed"
+        assert theirs["routing_key"] == "order_seen"
+        for message in (ours, theirs):
+            props = message["properties"]
+            headers = props.pop("headers")
+            assert props == {
+                "content_type": "application/json",
+                "content_encoding": "utf-8",
+                "delivery_mode": 2,
+                "priority": 0,
+            }, message["exchange"]
+            assert sorted(headers) == ["nameko.call_id_stack", "nameko.language"]
+            assert message["payload_encoding"] == "string"
+            assert message["payload"].isascii()  # both ensure_ascii
+        assert json.loads(ours["payload"]) == PAYLOAD
+        assert json.loads(theirs["payload"]) == answer
+
+        # What both created: the same names and flags as nameko's table.
+        flags = await queue_flags(rabbit_admin, vhost)
+        assert flags == dict.fromkeys(QUEUES, (True, False, False, {}))
+        exchanges = await api(rabbit_admin, "GET", f"exchanges/{vhost}")
+        ours_and_theirs = {e["name"]: e for e in exchanges if e["name"] in EXCHANGES}
+        assert sorted(ours_and_theirs) == sorted(EXCHANGES)
+        for exchange in ours_and_theirs.values():
+            assert (exchange["type"], exchange["durable"], exchange["auto_delete"]) == (
+                "topic",
+                True,
+                False,
+            )
+            assert exchange["arguments"] == {}
+
+        # Each side declares the other's queue: no PRECONDITION_FAILED, no new queue.
+        twin = ServiceHost([NamekoBillingTwin], {"AMQP_URI": rabbit_vhost})
+        async with trio.open_nursery() as twin_nursery:
+            await twin_nursery.start(twin.serve)
+            await twin.stop()
+        async with nameko_side(rabbit_vhost, "twin"):
+            pass
+        assert await queue_flags(rabbit_admin, vhost) == flags
+        await host.stop()
