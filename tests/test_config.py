@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from trioevents import Config, ConfigurationError
-from trioevents._config import expand_env_vars, masked_uri
+from trioevents._config import expand_env_vars
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -346,23 +346,3 @@ def test_env_var_values_are_used_verbatim(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_expand_env_vars(text: str, expected: str) -> None:
     assert expand_env_vars(text, {"X": "x"}) == expected
-
-
-@pytest.mark.parametrize(
-    ("uri", "masked"),
-    [
-        ("amqp://guest:guest@localhost:5672/", "amqp://guest:****@localhost:5672/"),
-        (
-            "amqps://u:s3cr3t@rabbit/vhost?heartbeat=5",
-            "amqps://u:****@rabbit/vhost?heartbeat=5",
-        ),
-        ("amqp://u:p@ss@host/", "amqp://u:****@host/"),
-        ("amqp://u:pw@[::1]:5671/%2f", "amqp://u:****@[::1]:5671/%2f"),
-        ("amqp://guest@localhost/", "amqp://guest@localhost/"),
-        ("amqp://localhost/", "amqp://localhost/"),
-        ("memory://", "memory://"),
-        ("memory://orders", "memory://orders"),
-    ],
-)
-def test_masked_uri_hides_only_the_password(uri: str, masked: str) -> None:
-    assert masked_uri(uri) == masked

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from trioevents import InvalidRequest, MemoryTransport
+from trioevents import ConfigurationError, MemoryTransport
 from trioevents._memory import drop_broker
 from trioevents._routing import split_topic, topic_matches
 
@@ -83,7 +83,7 @@ async def test_dropped_broker_starts_empty() -> None:
 
 
 def test_from_uri_rejects_other_schemes() -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ConfigurationError, match="not a memory:// URI"):
         MemoryTransport.from_uri("amqp://localhost/")
     assert MemoryTransport.from_uri("memory://").name == ""
 

@@ -141,12 +141,20 @@ def test_values_no_header_can_hold_are_not_sent_and_are_logged(
 ) -> None:
     ctx = from_headers(None)
     ctx.data["session"] = object()
+    ctx.data["big"] = 2**70  # an int, but wider than AMQP's 64 bits
+    ctx.data["deep"] = {"x": [2**64]}
     ctx.data["nested"] = {"ok": [1, "two", {"three": 3.0}]}
     with caplog.at_level(logging.WARNING, logger="trioevents.worker"):
         headers = ctx.dispatch_headers()
     assert "nameko.session" not in headers
+    assert "nameko.big" not in headers
+    assert "nameko.deep" not in headers
     assert headers["nameko.nested"] == {"ok": [1, "two", {"three": 3.0}]}
-    assert "'session' (a object) cannot be an AMQP header" in caplog.text
+    assert "context data 'session': object cannot be sent" in caplog.text
+    assert "context data 'big': integer 1180591620717411303424 does not fit" in (
+        caplog.text
+    )
+    assert "context data 'deep'['x'][0]: integer" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -55,47 +55,17 @@ from typing import IO, TYPE_CHECKING, Any, final
 import attrs
 
 from ._exceptions import ConfigurationError
+from ._uri import masked_uri, parse_broker_uri
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Config", "expand_env_vars", "masked_uri"]
+__all__ = ["Config", "expand_env_vars"]
 
 logger = logging.getLogger("trioevents.config")
 
 _MIB = 1024 * 1024
 _AMQP_SHORT_MAX = 65535
-
-
-def masked_uri(uri: str) -> str:
-    """Return *uri* with its password hidden, for logs and ``show-config``.
-
-    ``amqp://guest:guest@localhost:5672/`` becomes
-    ``amqp://guest:****@localhost:5672/``; a URI without a password is returned
-    as it is. A password that should have been percent-encoded but was not
-    (``pa#ss``, ``pa/ss``, ``pa@ss``) is hidden all the same: the user info
-    ends at the last ``@`` before the host, wherever ``/``, ``?`` or ``#``
-    come.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        scheme, rest = "", uri
-    first_at = rest.find("@")
-    if first_at == -1:
-        return uri
-    # The host part follows the user info's last "@" and ends at the first
-    # "/", "?" or "#" after it.
-    end = len(rest)
-    for delimiter in "/?#":
-        found = rest.find(delimiter, first_at)
-        if found != -1:
-            end = min(end, found)
-    at = rest.rfind("@", 0, end)
-    userinfo, hostport_and_tail = rest[:at], rest[at + 1 :]
-    user, colon, _password = userinfo.partition(":")
-    if not colon or any(c in user for c in "/?#"):
-        return uri
-    return f"{scheme}{sep}{user}:****@{hostport_and_tail}"
 
 
 # ---------------------------------------------------------------- validators
@@ -149,7 +119,9 @@ def _seconds(key: str, *, optional: bool = False, positive: bool = False) -> Val
 
 def _check_amqp_uri(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or "://" not in value:
-        raise _fail("AMQP_URI", "a broker URI such as memory:// or amqp://host/", value)
+        shown = masked_uri(value) if isinstance(value, str) else value
+        raise _fail("AMQP_URI", "a broker URI such as memory:// or amqp://host/", shown)
+    parse_broker_uri(value)
 
 
 def _check_prefetch(_: Any, __: attrs.Attribute[Any], value: Any) -> None:

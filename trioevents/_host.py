@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 import attrs
 import trio
 
-from ._config import Config, masked_uri
+from ._config import Config
 from ._events import (
     build_properties,
     check_publish_options,
@@ -44,6 +44,7 @@ from ._exceptions import (
     TransportError,
 )
 from ._extensions import DependencyProvider, Entrypoint, entrypoints_of
+from ._groups import leaves, unwrap_lone_exception
 from ._memory import MemoryTransport
 from ._message import ExchangeType
 from ._serialization import (
@@ -52,6 +53,7 @@ from ._serialization import (
     encode_payload,
     make_converter,
 )
+from ._uri import masked_uri, parse_broker_uri
 from ._worker import WorkerContext
 from .amqp import AmqpTransport
 
@@ -86,18 +88,11 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
         The URI's scheme is not supported, or the URI or ssl options are
         invalid.
     """
-    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
-    if scheme == "memory":
-        return MemoryTransport.from_uri(uri)
-    if scheme in ("amqp", "amqps"):
-        config = config if config is not None else Config()
-        return AmqpTransport(
-            uri, heartbeat=config.heartbeat, ssl_options=config.amqp_ssl
-        )
-    raise ConfigurationError(
-        f"AMQP_URI {masked_uri(uri)!r} has an unsupported scheme; use memory:// or "
-        "amqp://"
-    )
+    parsed = parse_broker_uri(uri)
+    if parsed.memory_name is not None:
+        return MemoryTransport(parsed.memory_name)
+    config = config if config is not None else Config()
+    return AmqpTransport(uri, heartbeat=config.heartbeat, ssl_options=config.amqp_ssl)
 
 
 class StandaloneDispatch(Protocol):
@@ -147,21 +142,14 @@ _LOST = (
 _PUBLISHERS = 32
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """Return the exceptions in *exc*, with every exception group flattened."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _connection_failure(exc: BaseException) -> BaseException | None:
     """Return the cause if *exc* means the connection failed, else None.
 
     A group counts if every leaf in it is a connection failure.
     """
-    leaves = _leaves(exc)
-    if leaves and all(isinstance(e, (*_LOST, BrokerUnavailable)) for e in leaves):
-        return leaves[0]
+    found = leaves(exc)
+    if found and all(isinstance(e, (*_LOST, BrokerUnavailable)) for e in found):
+        return found[0]
     return None
 
 
@@ -431,12 +419,8 @@ class ServiceHost:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         try:
-            await self._serve(transport, runners, task_status)
-        except BaseExceptionGroup as group:
-            lone = _lone_exception(group)
-            if lone is None:
-                raise
-            raise lone from None
+            with unwrap_lone_exception():
+                await self._serve(transport, runners, task_status)
         finally:
             self._serving = False
             self._connection = _NOT_CONNECTED
@@ -711,12 +695,6 @@ class ServiceHost:
                 )
 
             yield dispatch
-
-
-def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """Return the only leaf exception of *group*, or None if there are several."""
-    leaves = _leaves(group)
-    return leaves[0] if len(leaves) == 1 else None
 
 
 class _NotConnected:

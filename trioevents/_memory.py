@@ -35,13 +35,14 @@ import trio
 from . import abc
 from ._exceptions import (
     AccessRefused,
+    ConfigurationError,
     ConsumerCancelled,
-    InvalidRequest,
     NotFound,
     PreconditionFailed,
     PublishNotConfirmed,
     ResourceLocked,
 )
+from ._fieldtable import check_table, copy_table, wire_timestamp
 from ._message import (
     Delivery,
     ExchangeType,
@@ -50,6 +51,7 @@ from ._message import (
     Settlement,
 )
 from ._routing import Exchange as _Exchange
+from ._uri import parse_broker_uri
 from ._validation import (
     check_body,
     check_exchange_type,
@@ -57,9 +59,6 @@ from ._validation import (
     check_prefetch,
     check_properties,
     check_routing_key,
-    check_table,
-    copy_table,
-    wire_timestamp,
 )
 
 if TYPE_CHECKING:
@@ -566,10 +565,10 @@ class MemoryTransport(abc.Transport):
     @classmethod
     def from_uri(cls, uri: str) -> MemoryTransport:
         """Build a transport for a ``memory://NAME`` URI."""
-        prefix = "memory://"
-        if not uri.startswith(prefix):
-            raise InvalidRequest(f"not a memory:// URI: {uri!r}")
-        return cls(uri[len(prefix) :].strip("/"))
+        parsed = parse_broker_uri(uri)
+        if parsed.memory_name is None:
+            raise ConfigurationError(f"not a memory:// URI: {parsed.masked!r}")
+        return cls(parsed.memory_name)
 
     def __repr__(self) -> str:
         return f"MemoryTransport({self.name!r})"

@@ -7,11 +7,9 @@ Both transports call these so that the same bad request raises the same
 from __future__ import annotations
 
 import datetime
-import decimal
-from collections.abc import Mapping
-from typing import Any
 
 from ._exceptions import InvalidRequest
+from ._fieldtable import check_shortstr as _shortstr, check_table
 from ._message import ExchangeType, Properties
 
 __all__ = [
@@ -22,29 +20,7 @@ __all__ = [
     "check_prefetch",
     "check_properties",
     "check_routing_key",
-    "check_table",
-    "copy_table",
-    "wire_timestamp",
 ]
-
-_SHORTSTR_MAX = 255
-_INT64 = (-(2**63), 2**63 - 1)
-#: Nesting deeper than this is refused: field tables are not meant to be trees.
-_MAX_TABLE_DEPTH = 32
-
-
-def _shortstr(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{what} must be a str, not {type(value).__name__}")
-    try:
-        encoded = value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
-        raise InvalidRequest(f"{what} is not valid Unicode: {exc}") from None
-    if len(encoded) > _SHORTSTR_MAX:
-        raise InvalidRequest(
-            f"{what} is longer than {_SHORTSTR_MAX} bytes: {value[:40]!r}..."
-        )
-    return value
 
 
 def check_name(name: object, what: str) -> str:
@@ -93,39 +69,6 @@ def check_body(body: object) -> bytes:
     raise InvalidRequest(f"message body must be bytes, not {type(body).__name__}")
 
 
-def _check_value(value: object, where: str, depth: int) -> None:
-    if depth > _MAX_TABLE_DEPTH:
-        raise InvalidRequest(f"{where} nests deeper than {_MAX_TABLE_DEPTH} levels")
-    if value is None or isinstance(value, bool | str | bytes | float | decimal.Decimal):
-        return
-    if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise InvalidRequest(f"{where}: integer {value} does not fit in 64 bits")
-        return
-    if isinstance(value, datetime.datetime | bytearray):
-        return
-    if isinstance(value, Mapping):
-        check_table(value, where, depth + 1)
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_value(item, f"{where}[{index}]", depth + 1)
-        return
-    raise InvalidRequest(
-        f"{where}: {type(value).__name__} cannot be sent in an AMQP field table "
-        "(use None, bool, int, float, Decimal, str, bytes, datetime, list or dict)"
-    )
-
-
-def check_table(table: object, where: str = "arguments", depth: int = 0) -> None:
-    """Check that *table* can be carried as an AMQP field table."""
-    if not isinstance(table, Mapping):
-        raise InvalidRequest(f"{where} must be a mapping, not {type(table).__name__}")
-    for key, value in table.items():
-        _shortstr(key, f"key of {where}")
-        _check_value(value, f"{where}[{key!r}]", depth)
-
-
 def check_properties(properties: object) -> Properties:
     """Check every field of a :class:`Properties`; ``None`` means no properties."""
     if properties is None:
@@ -163,33 +106,3 @@ def check_properties(properties: object) -> Properties:
 
 
 _EMPTY = Properties()
-
-
-def wire_timestamp(value: datetime.datetime) -> datetime.datetime:
-    """Return *value* as AMQP carries it: UTC, whole seconds (naive means UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.UTC)
-    elif value.utcoffset():
-        value = value.astimezone(datetime.UTC)
-    return value.replace(microsecond=0)
-
-
-def copy_table(table: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy a field table as it comes back from the wire.
-
-    Containers are copied so that no receiver shares one; tuples become lists,
-    ``bytearray`` becomes ``bytes`` and datetimes become UTC whole seconds.
-    """
-    return {key: _copy_value(value) for key, value in table.items()}
-
-
-def _copy_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return copy_table(value)
-    if isinstance(value, list | tuple):
-        return [_copy_value(item) for item in value]
-    if isinstance(value, datetime.datetime):
-        return wire_timestamp(value)
-    if isinstance(value, bytearray):
-        return bytes(value)
-    return value

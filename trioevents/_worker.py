@@ -18,14 +18,14 @@ nameko, sees one call stack. A standalone dispatch sends no context headers.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import decimal
 import logging
 import reprlib
 import uuid
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
+
+from ._fieldtable import field_value_problem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,17 +47,6 @@ CALL_ID_STACK_CONTEXT_KEY = "call_id_stack"
 DEFAULT_PARENT_CALLS_TRACKED = 10
 
 _CALL_ID_STACK_HEADER = HEADER_PREFIX + CALL_ID_STACK_CONTEXT_KEY
-# The scalar types an AMQP field table can carry (lists and tables are walked).
-_HEADER_SCALARS = (
-    str,
-    bytes,
-    bool,
-    int,
-    float,
-    decimal.Decimal,
-    datetime.datetime,
-)
-_MAX_HEADER_NESTING = 16
 
 
 def _as_stack(value: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -214,14 +203,10 @@ class WorkerContext:
                 logger.warning(
                     "%r: context data %r is None; it is not sent on", self, key
                 )
-            elif not _is_header_value(value):
-                logger.warning(
-                    "%r: context data %r (a %s) cannot be an AMQP header; it is "
-                    "not sent on",
-                    self,
-                    key,
-                    type(value).__name__,
-                )
+            elif (
+                problem := field_value_problem(value, f"context data {key!r}")
+            ) is not None:
+                logger.warning("%r: %s; it is not sent on", self, problem)
             else:
                 headers[HEADER_PREFIX + key] = value
         return headers
@@ -265,23 +250,3 @@ def _read_call_id_stack(value: object, where: str) -> list[str]:
             reprlib.repr(dropped[0]),
         )
     return stack
-
-
-def _is_header_value(value: object) -> bool:
-    """Return whether an AMQP field table can hold *value* (walked, no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, _HEADER_SCALARS):
-            continue
-        if depth >= _MAX_HEADER_NESTING:
-            return False
-        if isinstance(item, list | tuple):
-            pending.extend((child, depth + 1) for child in item)
-        elif isinstance(item, dict):
-            if not all(isinstance(k, str) for k in item):
-                return False
-            pending.extend((child, depth + 1) for child in item.values())
-        elif item is not None:
-            return False
-    return True

@@ -35,10 +35,12 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ._config import Config, _import_yaml, masked_uri
+from ._config import Config, _import_yaml
 from ._exceptions import TrioEventsError
 from ._extensions import entrypoints_of
+from ._groups import leaves
 from ._host import ServiceHost
+from ._uri import masked_uri, parse_broker_uri
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -248,12 +250,6 @@ def import_services(specs: Sequence[str]) -> list[type]:
     return services
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -372,7 +368,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         _parse_json(args.data, "the event data")  # fail before connecting
     host = ServiceHost([], config)
     host.transport  # noqa: B018 - an unsupported AMQP_URI fails here, in one line
-    if config.amqp_uri.startswith("memory://"):
+    if parse_broker_uri(config.amqp_uri).is_memory:
         logger.warning(
             "%s is this process's embedded broker: no other process receives "
             "the event (use --broker amqp://...)",
@@ -428,11 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (TrioEventsError, CommandError) as exc:
             return _fail(exc)
         except BaseExceptionGroup as group:
-            leaves = _leaves(group)
-            if leaves and all(
-                isinstance(leaf, TrioEventsError | CommandError) for leaf in leaves
+            errors = leaves(group)
+            if errors and all(
+                isinstance(leaf, TrioEventsError | CommandError) for leaf in errors
             ):
-                return _fail(leaves[0])
+                return _fail(errors[0])
             raise
 
 

@@ -9,59 +9,7 @@ import pytest
 import trio
 
 from trioevents._exceptions import BrokerUnavailable, ConfigurationError
-from trioevents.amqp import AmqpParameters, AmqpTransport, make_ssl_context
-
-
-@pytest.mark.parametrize(
-    ("uri", "virtual_host"),
-    [
-        ("amqp://guest:guest@localhost:5672//", "/"),  # kombu / nameko spelling
-        ("amqp://guest:guest@localhost:5672/", "/"),
-        ("amqp://localhost", "/"),
-        ("amqp://localhost/%2F", "/"),
-        ("amqp://localhost/orders", "orders"),
-        ("amqp://localhost/%2Forders", "/orders"),
-        ("amqp://localhost/a%2Fb", "a/b"),
-        ("amqp://localhost/caf%C3%A9", "caf\u00e9"),
-    ],
-)
-def test_virtual_host_is_the_decoded_path(uri: str, virtual_host: str) -> None:
-    assert AmqpParameters.from_uri(uri).virtual_host == virtual_host
-
-
-def test_credentials_host_and_port() -> None:
-    params = AmqpParameters.from_uri("amqp://us%40er:p%3As%2Fs@rabbit.example:5673/v")
-    assert (params.username, params.password) == ("us@er", "p:s/s")
-    assert (params.host, params.port, params.tls) == ("rabbit.example", 5673, False)
-
-
-def test_defaults() -> None:
-    params = AmqpParameters.from_uri("amqp://localhost")
-    assert (params.username, params.password) == ("guest", "guest")
-    assert (params.port, params.tls) == (5672, False)
-    assert params.heartbeat is None
-
-
-def test_amqps_defaults_to_port_5671_with_tls() -> None:
-    params = AmqpParameters.from_uri("amqps://localhost/")
-    assert (params.port, params.tls) == (5671, True)
-    assert AmqpParameters.from_uri("amqp://localhost/?ssl=1").tls
-
-
-def test_ipv6_host() -> None:
-    params = AmqpParameters.from_uri("amqp://[::1]:5672/")
-    assert (params.host, params.port) == ("::1", 5672)
-
-
-def test_query_options() -> None:
-    params = AmqpParameters.from_uri(
-        "amqp://h/?heartbeat=30&frame_max=8192&channel_max=100&connect_timeout=2.5"
-        "&login_method=external"
-    )
-    assert params.heartbeat == 30
-    assert (params.frame_max, params.channel_max) == (8192, 100)
-    assert params.connect_timeout == 2.5
-    assert params.auth_mechanism == "EXTERNAL"
+from trioevents.amqp import AmqpTransport, make_ssl_context
 
 
 def test_query_options_override_keyword_arguments() -> None:

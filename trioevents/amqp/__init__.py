@@ -22,12 +22,14 @@ from ._connection import (
     AmqpConsumer as AmqpConsumer,
 )
 from ._transport import (
+    AmqpAddress as AmqpAddress,
     AmqpParameters as AmqpParameters,
     AmqpTransport as AmqpTransport,
     make_ssl_context as make_ssl_context,
 )
 
 __all__ = [
+    "AmqpAddress",
     "AmqpConnection",
     "AmqpConsumer",
     "AmqpParameters",

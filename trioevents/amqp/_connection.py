@@ -54,6 +54,8 @@ from .._exceptions import (
     PublishNotConfirmed,
     RemoteProtocolError,
 )
+from .._fieldtable import check_table, wire_timestamp
+from .._groups import unwrap_lone_exception
 from .._message import Delivery, ExchangeType, Properties, QueueDeclared, Settlement
 from .._validation import (
     check_body,
@@ -62,8 +64,6 @@ from .._validation import (
     check_prefetch,
     check_properties,
     check_routing_key,
-    check_table,
-    wire_timestamp,
 )
 from ._events import (
     NEED_DATA,
@@ -352,7 +352,7 @@ async def open_amqp_connection(
     conn = AmqpConnection(stream, proto, peer=peer, close_timeout=close_timeout)
     try:
         await conn._handshake(handshake_timeout)
-        try:
+        with unwrap_lone_exception():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn._reader)
                 nursery.start_soon(conn._writer)
@@ -365,8 +365,6 @@ async def open_amqp_connection(
                         conn._body_scope = None
                         await conn._close()
                 nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            _raise_lone(group)
         await conn._flush_last_words()
     finally:
         conn._shut_down()
@@ -374,22 +372,6 @@ async def open_amqp_connection(
             await trio.aclose_forcefully(stream)
     if conn._failure is not None:
         raise _fresh(conn._failure)
-
-
-def _raise_lone(group: BaseExceptionGroup[BaseException]) -> None:
-    """Re-raise the one exception of *group* unwrapped; else the group."""
-    exceptions = group.exceptions
-    if len(exceptions) != 1 and not all(
-        isinstance(exc, trio.Cancelled) for exc in exceptions
-    ):
-        raise group
-    exc = exceptions[0]
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc, context
 
 
 def _heartbeat_seconds(heartbeat: float | None) -> int:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import ssl
-import urllib.parse
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
-import attrs
-
 from .. import abc
-from .._config import masked_uri
 from .._exceptions import ConfigurationError
+from .._uri import AmqpAddress, parse_broker_uri
 from ._connection import connect_stream, open_amqp_connection
 
 if TYPE_CHECKING:
@@ -22,11 +18,8 @@ if TYPE_CHECKING:
 
     from ._connection import AmqpConnection
 
-__all__ = ["AmqpParameters", "AmqpTransport", "make_ssl_context"]
+__all__ = ["AmqpAddress", "AmqpParameters", "AmqpTransport", "make_ssl_context"]
 
-_DEFAULT_PORTS: Final = {False: 5672, True: 5671}
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
 _CERT_REQS: Final = {
     "none": ssl.CERT_NONE,
     "cert_none": ssl.CERT_NONE,
@@ -48,122 +41,8 @@ _SSL_KEYS: Final = frozenset(
 )
 
 
-@final
-@attrs.frozen(kw_only=True)
-class AmqpParameters:
-    """Where and how to connect, as read from an AMQP URI.
-
-    Attributes
-    ----------
-    host, port
-        The broker's address; the port defaults to 5672, or 5671 with TLS.
-    username, password
-        The login (``guest`` / ``guest`` if the URI has none).
-    virtual_host
-        The virtual host: the URI's path without its leading ``/``, URL-decoded;
-        ``/`` when the path is empty or ``/`` (so ``amqp://host//`` and
-        ``amqp://host/`` and ``amqp://host/%2F`` all mean ``/``).
-    tls
-        ``amqps://``, or ``?ssl=1`` as kombu spells it.
-    heartbeat, frame_max, channel_max, connect_timeout, auth_mechanism
-        From the query string (``?heartbeat=30&frame_max=131072``); ``None``
-        when it does not say.
-    """
-
-    host: str
-    port: int
-    username: str
-    password: str = attrs.field(repr=False)
-    virtual_host: str
-    tls: bool
-    heartbeat: float | None = None
-    frame_max: int | None = None
-    channel_max: int | None = None
-    connect_timeout: float | None = None
-    auth_mechanism: Literal["PLAIN", "EXTERNAL"] | None = None
-
-    @classmethod
-    def from_uri(cls, uri: str) -> AmqpParameters:
-        """Parse an ``amqp://user:password@host:port/vhost?option=value`` URI.
-
-        Raises
-        ------
-        ConfigurationError
-            The URI is not an AMQP URI, or an option is unknown or invalid.
-        """
-        if not isinstance(uri, str):  # untyped callers
-            raise ConfigurationError(f"an AMQP URI must be a str, not {uri!r}")
-        shown = masked_uri(uri)
-        parts = urllib.parse.urlsplit(uri)
-        scheme = parts.scheme.lower()
-        if scheme not in ("amqp", "amqps"):
-            raise ConfigurationError(
-                f"{shown!r} is not an AMQP URI (amqp://... or amqps://...)"
-            )
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigurationError(f"{shown!r} has an invalid port") from None
-        path = parts.path
-        virtual_host = urllib.parse.unquote(path[1:] if path.startswith("/") else path)
-        options: dict[str, Any] = {}
-        tls = scheme == "amqps"
-        for key, value in urllib.parse.parse_qsl(
-            parts.query, keep_blank_values=True, strict_parsing=False
-        ):
-            if key == "ssl":
-                tls = tls or _parse_bool(key, value, shown)
-            elif key in ("heartbeat", "connect_timeout"):
-                options[key] = _parse_number(key, value, shown)
-            elif key in ("frame_max", "channel_max"):
-                number = _parse_number(key, value, shown)
-                if number != int(number):
-                    raise ConfigurationError(
-                        f"{shown!r}: {key} must be an integer, not {value!r}"
-                    )
-                options[key] = int(number)
-            elif key in ("auth_mechanism", "login_method"):
-                mechanism = value.upper()
-                if mechanism not in ("PLAIN", "EXTERNAL"):
-                    raise ConfigurationError(
-                        f"{shown!r}: {key} must be PLAIN or EXTERNAL, not {value!r}"
-                    )
-                options["auth_mechanism"] = mechanism
-            else:
-                raise ConfigurationError(
-                    f"{shown!r}: unknown option {key!r} (known: heartbeat, frame_max, "
-                    "channel_max, connect_timeout, auth_mechanism, ssl)"
-                )
-        return cls(
-            host=parts.hostname or "localhost",
-            port=port or _DEFAULT_PORTS[tls],
-            username=urllib.parse.unquote(parts.username or "guest"),
-            password=urllib.parse.unquote(parts.password or "guest"),
-            virtual_host=virtual_host or "/",
-            tls=tls,
-            **options,
-        )
-
-
-def _parse_bool(key: str, value: str, shown: str) -> bool:
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"{shown!r}: {key} must be a boolean, not {value!r}")
-
-
-def _parse_number(key: str, value: str, shown: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise ConfigurationError(
-            f"{shown!r}: {key} must be a non-negative number, not {value!r}"
-        )
-    return number
+#: The older name of :class:`~trioevents._uri.AmqpAddress`.
+AmqpParameters = AmqpAddress
 
 
 def make_ssl_context(
@@ -289,9 +168,14 @@ class AmqpTransport(abc.Transport):
         client_properties: Mapping[str, Any] | None = None,
         close_timeout: float = 5.0,
     ) -> None:
-        params = AmqpParameters.from_uri(uri)
+        parsed = parse_broker_uri(uri)
+        if parsed.is_memory:
+            raise ConfigurationError(
+                f"{parsed.masked!r} is not an AMQP URI (amqp://... or amqps://...)"
+            )
+        params = parsed.addresses[0]
         self._params = params
-        self._uri = masked_uri(uri)
+        self._uri = parsed.masked
         self._heartbeat = (
             params.heartbeat if params.heartbeat is not None else heartbeat
         )
@@ -315,7 +199,7 @@ class AmqpTransport(abc.Transport):
         return f"AmqpTransport({self._uri!r})"
 
     @property
-    def parameters(self) -> AmqpParameters:
+    def parameters(self) -> AmqpAddress:
         """What the URI says (the password is left out of its repr)."""
         return self._params
 

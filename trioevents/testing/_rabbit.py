@@ -11,6 +11,8 @@ import urllib.request
 import uuid
 from typing import Any, final
 
+from .._uri import masked_uri, parse_amqp_address, with_virtual_host
+
 __all__ = ["RabbitAdmin", "broker_problem", "new_vhost_name", "vhost_uri"]
 
 
@@ -78,11 +80,9 @@ class RabbitAdmin:
 
 
 def _reachable(uri: str) -> bool:
-    parts = urllib.parse.urlsplit(uri)
+    address = parse_amqp_address(uri)
     try:
-        socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2
-        ).close()
+        socket.create_connection((address.host, address.port), timeout=2).close()
     except OSError:
         return False
     return True
@@ -91,7 +91,7 @@ def _reachable(uri: str) -> bool:
 def broker_problem(amqp_uri: str, admin: RabbitAdmin) -> str | None:
     """Say why the broker at *amqp_uri* cannot be used for tests, or ``None``."""
     if not _reachable(amqp_uri):
-        return f"RabbitMQ is not reachable at {amqp_uri}"
+        return f"RabbitMQ is not reachable at {masked_uri(amqp_uri)}"
     try:
         admin.request("GET", "overview")
     except (OSError, urllib.error.URLError) as exc:
@@ -106,7 +106,4 @@ def new_vhost_name() -> str:
 
 def vhost_uri(amqp_uri: str, vhost: str) -> str:
     """Return *amqp_uri* pointed at *vhost* (credentials and host kept)."""
-    parts = urllib.parse.urlsplit(amqp_uri)
-    return urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, "/" + urllib.parse.quote(vhost, safe=""), "", "")
-    )
+    return with_virtual_host(amqp_uri, vhost)
