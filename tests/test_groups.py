@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 from trioevents._groups import leaves, lone_exception, unwrap_lone_exception
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 
 def test_leaves_flattens_nested_groups() -> None:
