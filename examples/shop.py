@@ -27,7 +27,13 @@ from typing import Any
 import attrs
 import trio
 
-from trioevents import BROADCAST, Entrypoint, EventDispatcher, event_handler
+from trioevents import (
+    BROADCAST,
+    ConnectionContext,
+    Entrypoint,
+    EventDispatcher,
+    event_handler,
+)
 
 say = logging.getLogger("shop")
 
@@ -49,7 +55,10 @@ class Timer(Entrypoint):
     async def stop(self) -> None:
         self._stopping.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(
+        self, context: ConnectionContext, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        # Called on each broker connection; a timer needs none of it.
         task_status.started()
         while True:
             with trio.move_on_after(self.interval):

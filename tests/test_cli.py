@@ -159,7 +159,7 @@ import logging
 
 import trio
 
-from trioevents import Entrypoint
+from trioevents import ConnectionContext, Entrypoint
 
 say = logging.getLogger("work")
 
@@ -173,7 +173,9 @@ class OnStart(Entrypoint):
     async def stop(self) -> None:
         self.stopping.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+    async def run(
+        self, context: ConnectionContext, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         task_status.started()
         await self.spawn_worker((self.stopping,))
 

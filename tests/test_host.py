@@ -11,6 +11,7 @@ import trio.testing
 from trioevents import (
     ConfigurationError,
     DependencyProvider,
+    Entrypoint,
     EventDispatcher,
     Extension,
     MemoryTransport,
@@ -264,18 +265,34 @@ async def test_setup_of_all_then_start_of_all_then_stop() -> None:
     assert log[4:] == ["stop a", "stop b"]
 
 
+bound: list[Extension] = []
+
+
+class Bound(DependencyProvider[None]):
+    async def setup(self) -> None:
+        bound.append(self)
+
+
+class WithBound:
+    name = "with_bound"
+    ext = Bound()
+
+
 async def test_extensions_are_bound_per_host() -> None:
+    bound.clear()
     uri = fresh_uri()
-    one, two = make_host([A], uri), make_host([A], uri)
+    one, two = make_host([WithBound], uri), make_host([WithBound], uri)
     async with trio.open_nursery() as nursery:
         await nursery.start(one.serve)
         await nursery.start(two.serve)
-        ext_one = one._runners[0].dependencies["ext"]
-        ext_two = two._runners[0].dependencies["ext"]
+        ext_one, ext_two = bound
         assert ext_one is not ext_two
-        assert ext_one is not A.ext
-        assert ext_one.host is one
-        assert ext_two.host is two
+        assert WithBound.ext not in bound
+        assert not WithBound.ext.is_bound
+        assert ext_one.service is not ext_two.service
+        assert ext_one.service.config is one.config
+        assert ext_two.service.config is two.config
+        assert ext_one.service.name == "with_bound"
         nursery.cancel_scope.cancel()
 
 
@@ -462,3 +479,23 @@ async def test_each_lifecycle_step_is_logged_once(
         next(i for i, line in enumerate(lines) if line.startswith(s)) for s in expected
     ]
     assert firsts == sorted(firsts)
+
+
+class OldStyle(Entrypoint):
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:  # type: ignore[override]
+        task_status.started()
+
+
+class WithOldStyle:
+    name = "old_style"
+
+    @OldStyle.decorator
+    async def tick(self) -> None: ...
+
+
+async def test_an_entrypoint_whose_run_takes_no_context_is_refused_clearly() -> None:
+    host = make_host([WithOldStyle], fresh_uri())
+    with pytest.raises(
+        ConfigurationError, match=r"OldStyle.run must take the connection"
+    ):
+        await host.serve()

@@ -15,7 +15,7 @@ from trioevents import (
     MemoryTransport,
     event_handler,
 )
-from trioevents._retry import attempts_so_far
+from trioevents._events._retry import attempts_so_far
 
 from .helpers import Recorder, fresh_uri, make_host, queue_depth, queue_exists
 

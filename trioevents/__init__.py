@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from ._codec import PayloadCodec as PayloadCodec
 from ._config import Config as Config
 from ._events import (
     BROADCAST as BROADCAST,
     SERVICE_POOL as SERVICE_POOL,
     SINGLETON as SINGLETON,
+    Backoff as Backoff,
     EventDispatcher as EventDispatcher,
     EventHandler as EventHandler,
     HandlerType as HandlerType,
@@ -35,9 +37,12 @@ from ._exceptions import (
     TrioEventsError as TrioEventsError,
 )
 from ._extensions import (
+    ConnectionContext as ConnectionContext,
     DependencyProvider as DependencyProvider,
     Entrypoint as Entrypoint,
     Extension as Extension,
+    ServiceContext as ServiceContext,
+    WorkerResult as WorkerResult,
 )
 from ._host import ServiceHost as ServiceHost
 from ._memory import MemoryTransport as MemoryTransport
@@ -48,7 +53,7 @@ from ._message import (
     QueueDeclared as QueueDeclared,
     Settlement as Settlement,
 )
-from ._retry import Backoff as Backoff
+from ._publisher import Publisher as Publisher
 from ._version import __version__ as __version__
 from ._worker import WorkerContext as WorkerContext
 
@@ -63,6 +68,7 @@ __all__ = [
     "ChannelClosedByBroker",
     "Config",
     "ConfigurationError",
+    "ConnectionContext",
     "ConnectionLost",
     "ConsumerCancelled",
     "Delivery",
@@ -79,19 +85,23 @@ __all__ = [
     "LocalProtocolError",
     "MemoryTransport",
     "NotFound",
+    "PayloadCodec",
     "PreconditionFailed",
     "Properties",
     "ProtocolError",
     "PublishNotConfirmed",
+    "Publisher",
     "QueueDeclared",
     "RemoteProtocolError",
     "ResourceLocked",
     "SerializationError",
+    "ServiceContext",
     "ServiceHost",
     "Settlement",
     "TransportError",
     "TrioEventsError",
     "WorkerContext",
+    "WorkerResult",
     "event_handler",
 ]
 

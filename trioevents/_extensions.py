@@ -8,14 +8,36 @@ by two hosts never shares extension state between them.
   (:meth:`~DependencyProvider.get_dependency`), with hooks around every worker.
 * :class:`Entrypoint` -- something that starts workers, declared with its
   :meth:`~Entrypoint.decorator` on a service method.
+
+What a bound extension needs of its host is handed in, typed, never read from the
+host's private attributes (the way :func:`trio.serve_listeners` takes its
+``handler_nursery``):
+
+* :class:`ServiceContext` (``self.service``), set when the extension is bound:
+  the service's name, config, payload codec, publisher, worker limiter, and
+  :meth:`~ServiceContext.run_worker`;
+* :class:`ConnectionContext`, handed to :meth:`Entrypoint.run` for each broker
+  connection: the connection and the nursery workers run in.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import types
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    final,
+    overload,
+)
+
+import attrs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -23,13 +45,152 @@ if TYPE_CHECKING:
     import trio
 
     from . import abc
-    from ._host import ServiceHost, _ServiceRunner
+    from ._codec import PayloadCodec
+    from ._config import Config
+    from ._publisher import Publisher
     from ._worker import WorkerContext
 
-__all__ = ["DependencyProvider", "Entrypoint", "Extension", "entrypoints_of"]
+__all__ = [
+    "ConnectionContext",
+    "DependencyProvider",
+    "Entrypoint",
+    "Extension",
+    "ServiceContext",
+    "WorkerHook",
+    "WorkerResult",
+    "entrypoints_of",
+]
 
 F = TypeVar("F", bound="Callable[..., Any]")
 T = TypeVar("T")
+P = ParamSpec("P")
+E = TypeVar("E", bound="Entrypoint")
+
+
+@final
+@attrs.frozen(eq=False)
+class WorkerResult:
+    """What one worker did: its context, and the result or exception of the method.
+
+    Attributes
+    ----------
+    worker_ctx
+        The worker's :class:`~trioevents.WorkerContext`.
+    result
+        What the method returned (``None`` if it raised).
+    exception
+        What the method, or a dependency's ``worker_result`` /
+        ``worker_teardown`` hook, raised; ``None`` if nothing did.
+    """
+
+    worker_ctx: WorkerContext
+    result: Any
+    exception: BaseException | None
+
+
+class WorkerHook(Protocol):
+    """``hook(worker_ctx, entrypoint, result, exc)``, called after every worker.
+
+    See :meth:`ServiceHost.add_worker_hook <trioevents.ServiceHost.add_worker_hook>`.
+    """
+
+    def __call__(
+        self,
+        worker_ctx: WorkerContext,
+        entrypoint: Entrypoint,
+        result: Any,
+        exc: BaseException | None,
+        /,
+    ) -> None: ...
+
+
+class RunWorker(Protocol):
+    """``await run_worker(entrypoint, args, headers)``: see :meth:`ServiceContext.run_worker`."""
+
+    async def __call__(
+        self,
+        entrypoint: Entrypoint,
+        args: tuple[Any, ...],
+        headers: Mapping[str, Any] | None,
+        /,
+    ) -> WorkerResult: ...
+
+
+@final
+@attrs.frozen(eq=False)
+class ServiceContext:
+    """What the extensions of one service get from the host that serves it.
+
+    Every bound extension has it as :attr:`Extension.service`. A fresh one is
+    made each time the host serves.
+
+    Attributes
+    ----------
+    name
+        The service's ``name``.
+    cls
+        The service class.
+    config
+        The host's :class:`~trioevents.Config`.
+    codec
+        Encodes and decodes payloads with the host's converter and limits
+        (:meth:`~trioevents._codec.PayloadCodec.decode`,
+        :meth:`~trioevents._codec.PayloadCodec.payload_annotation`).
+    publisher
+        The host's one publish path: ``await publisher.dispatch(...)`` /
+        ``publish(...)`` return once the broker confirmed.
+    limiter
+        Bounds the service's concurrent workers to ``max_workers``; entrypoints
+        acquire it on behalf of each delivery before starting a worker.
+    """
+
+    name: str
+    cls: type
+    config: Config
+    codec: PayloadCodec
+    publisher: Publisher
+    limiter: trio.CapacityLimiter
+    _run_worker: RunWorker = attrs.field(alias="run_worker")
+
+    @property
+    def max_workers(self) -> int:
+        """How many workers of the service may run at once (``max_workers``)."""
+        return self.config.max_workers
+
+    @property
+    def prefetch_count(self) -> int:
+        """Unsettled deliveries per consumer: ``PREFETCH_COUNT`` or ``max_workers``."""
+        return self.config.effective_prefetch_count
+
+    async def run_worker(
+        self,
+        entrypoint: Entrypoint,
+        args: tuple[Any, ...],
+        headers: Mapping[str, Any] | None = None,
+    ) -> WorkerResult:
+        """Run the entrypoint's method in a new worker (see :meth:`Entrypoint.spawn_worker`)."""
+        return await self._run_worker(entrypoint, args, headers)
+
+
+@final
+@attrs.frozen(eq=False)
+class ConnectionContext:
+    """What an entrypoint gets for one broker connection (:meth:`Entrypoint.run`).
+
+    Attributes
+    ----------
+    connection
+        The broker connection; it may die, and :meth:`Entrypoint.run` is then
+        called again with the next one.
+    worker_nursery
+        Where workers run. It outlives the connection: a worker started from a
+        delivery keeps running if the connection dies (its settle then fails and
+        the broker redelivers), and a graceful stop gives it ``SHUTDOWN_GRACE``.
+    """
+
+    connection: abc.Connection
+    worker_nursery: trio.Nursery
+
 
 #: The attribute of a service method that lists its (unbound) entrypoints.
 ENTRYPOINTS_ATTR = "__trioevents_entrypoints__"
@@ -44,15 +205,16 @@ class Extension:
 
     Attributes
     ----------
-    host
-        The :class:`~trioevents.ServiceHost` the extension is bound to.
+    service
+        The :class:`ServiceContext` of the service it belongs to, in the host
+        that bound it: its config (``self.service.config``), codec, publisher
+        and workers.
     service_name
         The ``name`` of the service class it belongs to.
     """
 
-    host: ServiceHost
+    service: ServiceContext
     service_name: str
-    _runner: _ServiceRunner
     __params: tuple[tuple[Any, ...], dict[str, Any]]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
@@ -61,18 +223,22 @@ class Extension:
         instance.__params = (args, kwargs)
         return instance
 
-    def _bind(self, runner: _ServiceRunner) -> Self:
+    def bind(self, service: ServiceContext) -> Self:
+        """Return a fresh copy bound to *service* (same constructor arguments).
+
+        The host binds each extension a service class declares every time it
+        serves, so a class served by two hosts never shares extension state.
+        """
         args, kwargs = self.__params
         bound = type(self)(*args, **kwargs)
-        bound._runner = runner
-        bound.host = runner.host
-        bound.service_name = runner.name
+        bound.service = service
+        bound.service_name = service.name
         return bound
 
     @property
     def is_bound(self) -> bool:
         """Whether this is a host's bound copy (not the class-level declaration)."""
-        return hasattr(self, "_runner")
+        return hasattr(self, "service")
 
     async def setup(self) -> None:
         """Prepare before any extension starts (e.g. declare broker topology)."""
@@ -125,8 +291,9 @@ class DependencyProvider(Extension, Generic[T]):
             "worker_factory to build one for a unit test)"
         )
 
-    def _bind_attr(self, runner: _ServiceRunner, attr_name: str) -> Self:
-        bound = self._bind(runner)
+    def bind_attr(self, service: ServiceContext, attr_name: str) -> Self:
+        """Bind to *service* (see :meth:`Extension.bind`) as attribute *attr_name*."""
+        bound = self.bind(service)
         bound.attr_name = attr_name
         return bound
 
@@ -166,23 +333,24 @@ class Entrypoint(Extension):
     """
 
     method_name: str
-    #: The host waits for run() to report ready (``task_status.started()``).
-    needs_consumer: ClassVar[bool] = True
     #: Seconds a worker may run before it is cancelled (``HandlerTimeout``).
     timeout: float | None = None
 
-    def _bind_method(self, runner: _ServiceRunner, method_name: str) -> Self:
-        bound = self._bind(runner)
+    def bind_method(self, service: ServiceContext, method_name: str) -> Self:
+        """Bind to *service* (see :meth:`Extension.bind`) for *method_name*."""
+        bound = self.bind(service)
         bound.method_name = method_name
         return bound
 
     @overload
     @classmethod
-    def decorator(cls, fn: F, /) -> F: ...
+    def decorator(cls: Callable[[], E], fn: F, /) -> F: ...
 
     @overload
     @classmethod
-    def decorator(cls, *args: Any, **kwargs: Any) -> Callable[[F], F]: ...
+    def decorator(
+        cls: Callable[P, E], *args: P.args, **kwargs: P.kwargs
+    ) -> Callable[[F], F]: ...
 
     @classmethod
     def decorator(cls, *args: Any, **kwargs: Any) -> Any:
@@ -190,7 +358,8 @@ class Entrypoint(Extension):
 
         ``Entrypoint.decorator(*args, **kwargs)`` builds the entrypoint with those
         arguments (errors in them are raised here, at decoration). Used bare on a
-        function, it builds it with no arguments.
+        function, it builds it with no arguments. Type checkers check the
+        arguments against the entrypoint's ``__init__``.
         """
 
         def register(fn: F, args: tuple[Any, ...], kwargs: dict[str, Any]) -> F:
@@ -204,8 +373,20 @@ class Entrypoint(Extension):
         cls(*args, **kwargs)  # bad arguments fail here, at decoration
         return functools.partial(register, args=args, kwargs=kwargs)
 
-    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Serve until cancelled or stopped; report ready with ``task_status``."""
+    async def run(
+        self,
+        context: ConnectionContext,
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """Serve on one connection until cancelled or stopped.
+
+        Called once per broker connection, after every extension declared its
+        topology; report ready with ``task_status.started()``. Start workers
+        with :meth:`spawn_worker`, in ``context.worker_nursery`` if they should
+        outlive this call. Cancelled when the connection dies (and called again
+        with the next one) and when the host stops.
+        """
         raise NotImplementedError
 
     async def spawn_worker(
@@ -227,22 +408,11 @@ class Entrypoint(Extension):
             ``(result, exception)``: an exception of the method or of a hook is
             returned, not raised, once every hook ran. Cancellation propagates.
         """
-        _, result, error = await self._run_worker(args, headers)
-        return result, error
-
-    async def _run_worker(
-        self, args: tuple[Any, ...], headers: Mapping[str, Any] | None
-    ) -> tuple[WorkerContext, Any, BaseException | None]:
-        # spawn_worker, also returning the worker's context (for its call id).
-        return await self._runner.run_worker(self, args, headers)
+        outcome = await self.service.run_worker(self, args, headers)
+        return outcome.result, outcome.exception
 
 
 def entrypoints_of(fn: object) -> list[Entrypoint]:
     """Return the unbound entrypoints declared on a service method."""
     value = getattr(fn, ENTRYPOINTS_ATTR, None)
     return list(value) if isinstance(value, list) else []
-
-
-def is_async_method(fn: object) -> bool:
-    """Tell whether *fn* is an ``async def`` function."""
-    return inspect.iscoroutinefunction(fn)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     import trio
 
-    from .._host import StandaloneDispatch
+    from .._publisher import StandaloneDispatch
     from .._worker import WorkerContext
 
 __all__ = ["HostFactory", "replace_dependencies", "worker_factory"]
@@ -186,7 +186,7 @@ def replace_dependencies(
             f"replace_dependencies needs a ServiceHost or a (host, service) pair, "
             f"not {host_or_service!r}"
         )
-    if host._serving:
+    if host.serving:
         raise RuntimeError(
             "replace_dependencies must be called before the host starts serving"
         )
@@ -199,9 +199,8 @@ def replace_dependencies(
     doubles = {name: _double_for(known[name]) for name in names}
     values = {**doubles, **replacements}
     service_name = getattr(cls, "name", cls.__qualname__)
-    swapped = host._dependency_replacements.setdefault(service_name, {})
     for attr, value in values.items():
-        swapped[attr] = _Replacement(value)
+        host.replace_dependency(service_name, attr, _Replacement(value))
     if len(names) == 1:
         return doubles[names[0]]
     return tuple(doubles[name] for name in names)

@@ -160,11 +160,11 @@ async def entrypoint_waiter(
         waited._done = True
         finished.set()
 
-    host._worker_hooks.append(hook)
+    host.add_worker_hook(hook)
     try:
         yield waited
         await finished.wait()
     finally:
-        host._worker_hooks.remove(hook)
+        host.remove_worker_hook(hook)
     if failure:
         raise failure[0]

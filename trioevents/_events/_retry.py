@@ -1,6 +1,6 @@
-"""Bounded retries with backoff and dead-letter queues, with RabbitMQ-native means.
+"""Bounded retries with backoff: the policy, and what a copy of a failed event carries.
 
-For a handler queue ``Q``:
+The queues are in :mod:`._topology`. For a handler queue ``Q``:
 
 * ``Q.retry.<ms>`` -- one queue per delay, with ``x-message-ttl=<ms>`` and
   ``x-dead-letter-exchange=""`` / ``x-dead-letter-routing-key=Q``: a message put
@@ -16,29 +16,27 @@ Both are declared when first needed, so a healthy service has neither.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
-from ._exceptions import EventHandlerConfigurationError
+from .._exceptions import EventHandlerConfigurationError
+from ._topology import RETRY_INFIX
 
 if TYPE_CHECKING:
-    from ._message import Delivery
+    from .._message import Delivery
 
 __all__ = [
-    "DLQ_SUFFIX",
     "ERROR_HEADER",
+    "ORIGINAL_ROUTING_KEY_HEADER",
     "Backoff",
     "attempts_so_far",
+    "check_combination",
     "copied_headers",
     "dead_letter_headers",
-    "dlq_name",
-    "retry_queue_name",
 ]
 
-DLQ_SUFFIX: Final = ".dlq"
-RETRY_INFIX: Final = ".retry."
 #: Header of a dead-lettered message: ``"ExceptionType: message"``.
 ERROR_HEADER: Final = "x-trioevents-error"
 #: The last lines of the traceback of the error.
@@ -51,16 +49,6 @@ ATTEMPTS_HEADER: Final = "x-trioevents-attempts"
 #: An ``x-death`` header RabbitMQ could not update, as it came.
 INVALID_X_DEATH_HEADER: Final = "x-trioevents-invalid-x-death"
 _TRACEBACK_LIMIT = 4000
-
-
-def dlq_name(queue: str) -> str:
-    """Return the name of the dead-letter queue of handler queue *queue*."""
-    return f"{queue}{DLQ_SUFFIX}"
-
-
-def retry_queue_name(queue: str, delay_ms: int) -> str:
-    """Return the name of the queue that delays retries of *queue* by *delay_ms*."""
-    return f"{queue}{RETRY_INFIX}{delay_ms}"
 
 
 @final
@@ -147,10 +135,6 @@ class Backoff:
     def retries(self, error: BaseException) -> bool:
         """Tell whether *error* is worth another attempt."""
         return isinstance(error, self.retry_on)
-
-    def distinct_delays_ms(self) -> list[int]:
-        """The distinct delays, in milliseconds (one retry queue each)."""
-        return sorted({round(d * 1000) for d in self.delays})
 
 
 def attempts_so_far(headers: Mapping[str, Any] | None, queue: str) -> int:
@@ -251,20 +235,6 @@ def dead_letter_headers(
         headers[ERROR_HEADER] = headers[ERROR_HEADER][:255]
         headers.pop(TRACEBACK_HEADER, None)
     return headers
-
-
-def _names(values: Iterable[type[BaseException]]) -> str:
-    return ", ".join(t.__qualname__ for t in values)
-
-
-def describe_policy(policy: Backoff | None, requeue: object) -> str:
-    """A short description of what happens on a handler error, for logs."""
-    if policy is not None:
-        return (
-            f"retry {_names(policy.retry_on)} after {list(policy.delays)} s, "
-            "then dead-letter"
-        )
-    return "requeue" if requeue else "ack and log"
 
 
 def check_combination(policy: Backoff | None, requeue_on_error: object) -> None:

@@ -1,0 +1,161 @@
+"""Keeping a broker connection: connect, serve on it, reconnect after a loss.
+
+The reconnect policy lives here, next to the connecting it governs: capped
+exponential backoff with jitter (``RECONNECT_DELAY`` doubled per failure, up to
+``RECONNECT_MAX_DELAY``), and ``CONNECT_ATTEMPTS`` tries before a keeper that was
+never ready gives up with :class:`~trioevents.BrokerUnavailable`. Once ready, a
+lost connection is retried for ever. The host's :meth:`serve
+<trioevents.ServiceHost.serve>` and :meth:`ServiceHost.dispatcher
+<trioevents.ServiceHost.dispatcher>` both keep their connection with a
+:class:`ConnectionKeeper`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ._exceptions import BrokerUnavailable, ConnectionLost, RemoteProtocolError
+from ._groups import leaves
+from ._uri import masked_uri
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Awaitable, Callable
+
+    from . import abc
+    from ._config import Config
+
+__all__ = ["LOST", "ConnectionKeeper", "connection_failure"]
+
+#: What a dead connection raises. A broker that broke the protocol closed the
+#: connection too: we connect again rather than give up.
+LOST: Final = (
+    ConnectionLost,
+    RemoteProtocolError,
+    trio.ClosedResourceError,
+    trio.BrokenResourceError,
+)
+
+
+def connection_failure(exc: BaseException) -> BaseException | None:
+    """Return the cause if *exc* means the connection failed, else ``None``.
+
+    A group counts if every exception in it is a connection failure.
+    """
+    found = leaves(exc)
+    if found and all(isinstance(e, (*LOST, BrokerUnavailable)) for e in found):
+        return found[0]
+    return None
+
+
+@final
+class ConnectionKeeper:
+    """Connect to a transport and keep a connection up, for one serve or dispatcher.
+
+    Parameters
+    ----------
+    transport
+        The broker to connect to.
+    config
+        ``CONNECT_ATTEMPTS``, ``RECONNECT_DELAY``, ``RECONNECT_MAX_DELAY`` and
+        ``AMQP_URI`` (for the logs, password masked).
+    logger
+        Where connecting, losses and reconnect delays are logged.
+    on_failure
+        Called with the cause of each failed or lost connection.
+    """
+
+    def __init__(
+        self,
+        transport: abc.Transport,
+        config: Config,
+        *,
+        logger: logging.Logger,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._config = config
+        self._logger = logger
+        self._on_failure = on_failure
+        self._uri = masked_uri(config.amqp_uri)
+        self._ready = False
+        self._ready_on_this_connection = False
+
+    @property
+    def ever_ready(self) -> bool:
+        """Whether :meth:`ready` was called on some connection."""
+        return self._ready
+
+    def ready(self) -> None:
+        """Say that serving on the current connection is under way.
+
+        Until the first call, :meth:`run` gives up after ``CONNECT_ATTEMPTS``
+        failures; each call resets the count of failures in a row.
+        """
+        self._ready = self._ready_on_this_connection = True
+
+    async def run(
+        self,
+        serve: Callable[[abc.Connection], Awaitable[None]],
+        *,
+        stop: trio.Event | None = None,
+    ) -> None:
+        """Call ``serve(connection)`` on each new connection until it returns.
+
+        A connection failure (of the connect or of *serve*) leads to a new
+        connection after a delay; any other exception propagates. Returns when
+        *serve* returns, or when *stop* is set while no connection is up.
+
+        Raises
+        ------
+        BrokerUnavailable
+            ``CONNECT_ATTEMPTS`` failures in a row before :meth:`ready` was
+            ever called.
+        """
+        config = self._config
+        failures = 0
+        while True:
+            connected = False
+            self._ready_on_this_connection = False
+            try:
+                async with self._transport.open_connection() as connection:
+                    connected = True
+                    self._logger.info("connected to %s", self._uri)
+                    await serve(connection)
+                return
+            except BaseException as exc:
+                cause = connection_failure(exc)
+                if cause is None:
+                    raise
+            if self._on_failure is not None:
+                self._on_failure(cause)
+            if stop is not None and stop.is_set():
+                self._logger.warning("connection lost while stopping: %s", cause)
+                return
+            failures = 1 if self._ready_on_this_connection else failures + 1
+            if not self._ready and failures >= config.connect_attempts:
+                raise BrokerUnavailable(
+                    f"could not connect to {self._uri} ({failures} attempts): {cause}"
+                ) from cause
+            delay = min(
+                config.reconnect_delay * 2 ** (failures - 1),
+                config.reconnect_max_delay,
+            ) * random.uniform(0.5, 1.0)
+            self._logger.warning(
+                "%s %s: %s; reconnecting in %.1f s (attempt %d)",
+                "connection lost to" if connected else "cannot connect to",
+                self._uri,
+                cause,
+                delay,
+                failures + 1,
+            )
+            if stop is None:
+                await trio.sleep(delay)
+                continue
+            with trio.move_on_after(delay):
+                await stop.wait()
+            if stop.is_set():
+                return

@@ -1,0 +1,365 @@
+"""nameko's :class:`EventHandler` and :func:`event_handler`, on trio.
+
+Each handler consumes its queue (see :mod:`._topology`) on every connection the
+host makes, starts a worker per delivery in the host's worker nursery (at most
+``max_workers`` per service at once), and once the worker finished asks the
+failure policy (:mod:`._failure`) what to do with the delivery, which
+:mod:`._outcome` carries out.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import trio
+
+from .._exceptions import EventHandlerConfigurationError, SerializationError
+from .._extensions import Entrypoint
+from ._failure import decide
+from ._outcome import HandlerSite, carry_out
+from ._retry import Backoff, attempts_so_far, check_combination
+from ._topology import HandlerType, QueueSpec, declare_event_exchange, handler_queue
+
+if TYPE_CHECKING:
+    from .. import abc
+    from .._extensions import ConnectionContext
+    from .._message import Delivery
+
+__all__ = ["EventHandler", "event_handler"]
+
+logger = logging.getLogger("trioevents.events")
+
+F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class EventHandler(Entrypoint):
+    """Call a service method for each event of *event_type* from *source_service*.
+
+    Parameters
+    ----------
+    source_service
+        The ``name`` of the service that dispatches the event.
+    event_type
+        The event type; also the binding key, so ``*`` and ``#`` wildcards work.
+    handler_type
+        :data:`SERVICE_POOL` (default), :data:`SINGLETON` or :data:`BROADCAST`.
+    reliable_delivery
+        Keep a durable queue that collects events while no handler runs; if
+        false the queue goes away with its consumer.
+    requeue_on_error
+        Requeue the event when the handler raises: ``True`` for any exception,
+        or a tuple of exception types to requeue only those. Otherwise the event
+        is acked and the error logged (nameko's behaviour).
+    retry
+        A :class:`~trioevents.Backoff` policy: bounded retries after delays kept
+        by the broker, then the dead-letter queue ``{queue}.dlq``. Excludes
+        *requeue_on_error*.
+    timeout
+        Seconds the handler may run; past that it is cancelled and fails with
+        :class:`~trioevents.HandlerTimeout` (then handled like any error).
+
+    Raises
+    ------
+    EventHandlerConfigurationError
+        ``BROADCAST`` with ``reliable_delivery=True`` and the default
+        :attr:`broadcast_identifier`, or an invalid option.
+    """
+
+    def __init__(
+        self,
+        source_service: str,
+        event_type: str,
+        handler_type: HandlerType | str = HandlerType.SERVICE_POOL,
+        reliable_delivery: bool = True,
+        requeue_on_error: bool | tuple[type[BaseException], ...] = False,
+        *,
+        retry: Backoff | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise EventHandlerConfigurationError(
+                f"unknown event_handler option(s): {', '.join(sorted(kwargs))}"
+            )
+        named: tuple[tuple[str, object], ...] = (
+            ("source_service", source_service),
+            ("event_type", event_type),
+        )
+        for what, value in named:
+            if not isinstance(value, str) or not value:
+                raise EventHandlerConfigurationError(
+                    f"{what} must be a non-empty str, not {value!r}"
+                )
+        try:
+            self.handler_type = HandlerType(handler_type)
+        except ValueError:
+            raise EventHandlerConfigurationError(
+                f"unknown handler_type {handler_type!r}; use SERVICE_POOL, "
+                "SINGLETON or BROADCAST"
+            ) from None
+        requeue: object = requeue_on_error
+        if not isinstance(requeue, bool) and not (
+            isinstance(requeue, tuple)
+            and all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in requeue
+            )
+        ):
+            raise EventHandlerConfigurationError(
+                "requeue_on_error must be a bool or a tuple of exception types, "
+                f"not {requeue_on_error!r}"
+            )
+        if retry is not None and not isinstance(retry, Backoff):
+            raise EventHandlerConfigurationError(
+                f"retry must be a trioevents.Backoff, not {retry!r}"
+            )
+        check_combination(retry, requeue_on_error)
+        limit: object = timeout
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0
+        ):
+            raise EventHandlerConfigurationError(
+                f"timeout must be a positive number of seconds, not {timeout!r}"
+            )
+        self.retry = retry
+        self.timeout = None if timeout is None else float(timeout)
+        self.source_service = source_service
+        self.event_type = event_type
+        self.reliable_delivery = bool(reliable_delivery)
+        self.requeue_on_error = requeue_on_error
+        if (
+            self.handler_type is HandlerType.BROADCAST
+            and self.reliable_delivery
+            and type(self).broadcast_identifier is EventHandler.broadcast_identifier
+        ):
+            raise EventHandlerConfigurationError(
+                "You are using the default broadcast identifier which is not "
+                "compatible with reliable delivery: override the "
+                "broadcast_identifier property in a subclass of EventHandler, or "
+                "pass reliable_delivery=False."
+            )
+        self._consumer: abc.Consumer | None = None
+        self._intake = trio.CancelScope()
+        self._default_identifier = uuid.uuid4().hex
+        self._annotation: Any = Any
+
+    # -- naming (nameko's, see ._topology)
+
+    @property
+    def broadcast_identifier(self) -> str:
+        """Tell the queues of ``BROADCAST`` handler instances apart.
+
+        By default a new uuid each time the host starts, so an instance never sees
+        the events dispatched while it was down. To get those (reliable delivery),
+        override this property in a subclass with something stable per instance,
+        such as the host name.
+        """
+        return self._default_identifier
+
+    @property
+    def queue(self) -> QueueSpec:
+        """The queue this handler consumes: name, flags and arguments."""
+        return handler_queue(
+            self.source_service,
+            self.event_type,
+            self.handler_type,
+            self.service_name,
+            self.method_name,
+            reliable_delivery=self.reliable_delivery,
+            broadcast_identifier=self.broadcast_identifier,
+        )
+
+    @property
+    def queue_name(self) -> str:
+        """The name of the queue this handler consumes."""
+        return self.queue.name
+
+    def queue_flags(self) -> dict[str, bool]:
+        """The ``durable`` / ``auto_delete`` / ``exclusive`` flags of the queue."""
+        queue = self.queue
+        return {
+            "durable": queue.durable,
+            "auto_delete": queue.auto_delete,
+            "exclusive": queue.exclusive,
+        }
+
+    # -- lifecycle
+
+    async def setup(self) -> None:
+        self._default_identifier = uuid.uuid4().hex
+        identifier: object = self.broadcast_identifier
+        if not isinstance(identifier, str) or not identifier:
+            raise EventHandlerConfigurationError(
+                f"broadcast_identifier must be a non-empty str, not {identifier!r}"
+            )
+        self._annotation = self.service.codec.payload_annotation(
+            self.service.cls, self.method_name
+        )
+        self._intake = trio.CancelScope()
+
+    async def stop(self) -> None:
+        self._intake.cancel()
+        consumer = self._consumer
+        if consumer is not None:
+            await consumer.cancel()
+
+    async def run(
+        self, context: ConnectionContext, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        connection = context.connection
+        service = self.service
+        queue = self.queue
+        exchange = await declare_event_exchange(connection, self.source_service)
+        await queue.declare(connection)
+        await connection.bind_queue(queue.name, exchange, self.event_type)
+        logger.info(
+            "declared queue %r, bound to %r by %r",
+            queue.name,
+            exchange,
+            self.event_type,
+        )
+        site = HandlerSite(
+            source_service=self.source_service,
+            where=f"{self.service_name}.{self.method_name}",
+            queue=queue,
+            retry=self.retry,
+            connection=connection,
+            publisher=service.publisher,
+        )
+        limiter = service.limiter
+        workers = context.worker_nursery
+        self._intake = trio.CancelScope()
+        async with connection.open_consumer(
+            queue.name, prefetch_count=service.prefetch_count
+        ) as consumer:
+            self._consumer = consumer
+            logger.info(
+                "consuming %r for %s.%s",
+                queue.name,
+                self.service_name,
+                self.method_name,
+            )
+            in_flight = _InFlight()
+            try:
+                task_status.started()
+                # stop() cancels the intake only: workers keep running, and a
+                # delivery taken but not started goes back when we close.
+                with self._intake:
+                    async for delivery in consumer:
+                        # receive() was this iteration's checkpoint: only wait
+                        # for the limiter when every worker slot is busy.
+                        try:
+                            limiter.acquire_on_behalf_of_nowait(delivery)
+                        except trio.WouldBlock:
+                            await limiter.acquire_on_behalf_of(delivery)
+                        in_flight.count += 1
+                        workers.start_soon(self._handle, site, delivery, in_flight)
+                # Stopping: keep the consumer (and so the deliveries' channel)
+                # open until our in-flight workers settled their deliveries.
+                await in_flight.wait_idle()
+            finally:
+                self._consumer = None
+
+    async def _handle(
+        self, site: HandlerSite, delivery: Delivery, in_flight: _InFlight
+    ) -> None:
+        try:
+            await self._handle_delivery(site, delivery)
+        finally:
+            self.service.limiter.release_on_behalf_of(delivery)
+            in_flight.done()
+
+    async def _handle_delivery(self, site: HandlerSite, delivery: Delivery) -> None:
+        attempt = attempts_so_far(delivery.properties.headers, site.queue.name)
+        try:
+            payload = self.service.codec.decode(delivery, self._annotation)
+        except SerializationError as exc:
+            decision = decide(exc, undecodable=True)
+            await carry_out(
+                decision, delivery, site, error=exc, attempt=attempt, call_id=None
+            )
+            return
+        outcome = await self.service.run_worker(
+            self, (payload,), delivery.properties.headers
+        )
+        error = outcome.exception
+        decision = decide(
+            error,
+            attempt=attempt,
+            retry=self.retry,
+            requeue_on_error=self.requeue_on_error,
+        )
+        await carry_out(
+            decision,
+            delivery,
+            site,
+            error=error,
+            attempt=attempt,
+            call_id=outcome.worker_ctx.call_id,
+        )
+
+
+class _InFlight:
+    """Counts one consumer's running workers; lets it wait until none is left.
+
+    Workers run in the host's worker nursery, not in the consumer task, so that a
+    lost connection does not cancel them (their settle fails and the broker
+    redelivers; their dispatches wait for the reconnect).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle: trio.Event | None = None
+
+    def done(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        if self.count:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+def _with_signature_of(
+    cls: Callable[P, Any],
+) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Give the decorated function *cls*'s parameters, for type checkers and docs."""
+
+    def apply(fn: Callable[..., R]) -> Callable[P, R]:
+        signature = inspect.signature(cls)
+        fn.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            return_annotation=inspect.signature(fn).return_annotation
+        )
+        return fn
+
+    return apply
+
+
+@_with_signature_of(EventHandler)
+def event_handler(*args: Any, **kwargs: Any) -> Callable[[F], F]:
+    """Declare a service method as a handler of *event_type* from *source_service*.
+
+    nameko's decorator: ``@event_handler("orders", "order_placed")``. The method
+    must be ``async def`` and take the event payload as its argument; annotate it
+    with an attrs class or dataclass to get the payload structured by cattrs. It
+    takes the parameters of :class:`EventHandler` (``handler_type``,
+    ``reliable_delivery``, ``requeue_on_error``, ``retry``, ``timeout``), which
+    describes each, and is ``EventHandler.decorator``.
+
+    Raises
+    ------
+    EventHandlerConfigurationError
+        ``BROADCAST`` with ``reliable_delivery=True`` and the default identifier,
+        or an invalid option.
+    """
+    decorate: Callable[[F], F] = EventHandler.decorator(*args, **kwargs)
+    return decorate

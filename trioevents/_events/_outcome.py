@@ -1,0 +1,248 @@
+"""Carrying out the failure policy's decision for one delivery: log, copy, settle.
+
+:func:`carry_out` takes a :data:`~._failure.Decision` and does the I/O: ack or
+requeue the delivery, or put a copy in a retry or dead-letter queue (declared on
+the delivery's connection, published through the host's one publish path) and
+then ack it. Each outcome is logged once, with the event type, the handler, the
+message id and the worker's call id.
+
+At-least-once throughout: the delivery is acked only after its copy was
+confirmed. If the broker cannot take the copy (headers too large for a frame),
+smaller copies are tried; if none fits, the delivery is rejected without requeue
+(it would fail the same way again). If the copy cannot be made because the
+connection went away, the delivery is requeued.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, final
+
+import attrs
+import trio
+
+from .._exceptions import InvalidRequest, TransportError
+from ._failure import Ack, DeadLetter, Requeue, Retry
+from ._retry import ORIGINAL_ROUTING_KEY_HEADER, copied_headers, dead_letter_headers
+from ._topology import dead_letter_queue, retry_queue
+
+if TYPE_CHECKING:
+    from .. import abc
+    from .._message import Delivery
+    from .._publisher import Publisher
+    from ._failure import Decision
+    from ._retry import Backoff
+    from ._topology import QueueSpec
+
+__all__ = ["HandlerSite", "carry_out", "event_type_of", "settle"]
+
+logger = logging.getLogger("trioevents.events")
+
+
+@final
+@attrs.frozen(eq=False)
+class HandlerSite:
+    """Where a delivery is handled, as the outcome's logs and copies need it.
+
+    Attributes
+    ----------
+    source_service
+        The service that dispatched the event.
+    where
+        ``"{service}.{method}"`` of the handler.
+    queue
+        The handler's queue (retry and dead-letter queues are named after it).
+    retry
+        The handler's retry policy, if any (for the logs' attempt counts).
+    connection
+        The connection the delivery came on: the copy's queue is declared on it.
+    publisher
+        The host's publish path, which publishes the copies.
+    """
+
+    source_service: str
+    where: str
+    queue: QueueSpec
+    retry: Backoff | None
+    connection: abc.Connection
+    publisher: Publisher
+
+
+def event_type_of(delivery: Delivery) -> str:
+    """The event type of *delivery*, also when it comes back from a retry queue."""
+    headers = delivery.properties.headers or {}
+    original = headers.get(ORIGINAL_ROUTING_KEY_HEADER)
+    if isinstance(original, str) and len(original) <= 255:  # a routing key's limit
+        return original
+    return delivery.routing_key
+
+
+async def carry_out(
+    decision: Decision,
+    delivery: Delivery,
+    site: HandlerSite,
+    *,
+    error: BaseException | None,
+    attempt: int,
+    call_id: str | None,
+) -> None:
+    """Log *decision* for *delivery* and carry it out (see the module docstring).
+
+    Parameters
+    ----------
+    decision
+        What :func:`~._failure.decide` decided.
+    delivery
+        The delivery to settle.
+    site
+        The handler's queue, connection and publisher.
+    error
+        What the handler raised, or why the payload could not be decoded.
+    attempt
+        Which attempt this was.
+    call_id
+        The worker's call id (``None`` if no worker ran).
+    """
+    props = delivery.properties
+    event = (event_type_of(delivery), site.source_service, site.where, props.message_id)
+    exc_info = None if error is None else (type(error), error, error.__traceback__)
+    match decision:
+        case Ack() if error is None:
+            await settle(delivery)
+        case Ack():
+            logger.error(
+                "error handling event %r from %r in %s (message id %s, call id "
+                "%s); acked (not requeued)",
+                *event,
+                call_id,
+                exc_info=exc_info,
+            )
+            await settle(delivery)
+        case Requeue():
+            logger.error(
+                "error handling event %r from %r in %s (message id %s, call id "
+                "%s); requeued",
+                *event,
+                call_id,
+                exc_info=exc_info,
+            )
+            await settle(delivery, requeue=True, reject=True)
+        case Retry(delay_ms):
+            max_attempts = site.retry.max_attempts if site.retry is not None else "?"
+            logger.warning(
+                "error handling event %r from %r in %s (message id %s, call id "
+                "%s), attempt %d of %s; retrying in %s s",
+                *event,
+                call_id,
+                attempt,
+                max_attempts,
+                delay_ms / 1000,
+                exc_info=exc_info,
+            )
+            assert error is not None
+            await _copy_then_ack(
+                delivery, site, retry_queue(site.queue, delay_ms), error, attempt
+            )
+        case DeadLetter(undecodable=True):
+            dlq = dead_letter_queue(site.queue)
+            logger.error(
+                "dead-lettering undecodable event %r from %r for %s (message id "
+                "%s) to %r: %s",
+                *event,
+                dlq.name,
+                error,
+            )
+            assert error is not None
+            await _copy_then_ack(delivery, site, dlq, error, attempt)
+        case DeadLetter():
+            dlq = dead_letter_queue(site.queue)
+            logger.error(
+                "error handling event %r from %r in %s (message id %s, call id "
+                "%s), attempt %d; giving up: dead-lettered to %r",
+                *event,
+                call_id,
+                attempt,
+                dlq.name,
+                exc_info=exc_info,
+            )
+            assert error is not None
+            await _copy_then_ack(delivery, site, dlq, error, attempt)
+
+
+async def _copy_then_ack(
+    delivery: Delivery,
+    site: HandlerSite,
+    queue: QueueSpec,
+    error: BaseException,
+    attempt: int,
+) -> None:
+    """Put a copy of *delivery* in *queue*, then ack it (at-least-once).
+
+    The copy carries the original headers plus ours; if the broker cannot take
+    that (headers too large for an AMQP frame), a copy with a brief error, then
+    one with the original headers alone. Only if even that is refused is the
+    delivery rejected without requeue: it would fail again.
+    """
+    copies = [
+        dead_letter_headers(delivery, error, attempt),
+        dead_letter_headers(delivery, error, attempt, brief=True),
+        copied_headers(delivery),
+    ]
+    what = (event_type_of(delivery), delivery.properties.message_id, queue.name)
+    try:
+        await queue.declare(site.connection)
+        for number, headers in enumerate(copies, 1):
+            properties = attrs.evolve(
+                delivery.properties, headers=headers or None, expiration=None
+            )
+            try:
+                await site.publisher.publish("", queue.name, delivery.body, properties)
+                break
+            except InvalidRequest as exc:
+                if number == len(copies):
+                    raise
+                logger.warning(
+                    "cannot copy event %r (message id %s) to %r with our headers: "
+                    "%s; trying with fewer",
+                    *what,
+                    exc,
+                )
+    except InvalidRequest as exc:
+        logger.error(
+            "cannot copy event %r (message id %s) to %r: %s; rejected without "
+            "requeue (dead-lettered only if its queue has a dead-letter exchange)",
+            *what,
+            exc,
+        )
+        await settle(delivery, requeue=False, reject=True)
+        return
+    except (TransportError, trio.ClosedResourceError) as exc:
+        logger.error(
+            "could not move event %r (message id %s) to %r: %s; requeued", *what, exc
+        )
+        await settle(delivery, requeue=True, reject=True)
+        return
+    await settle(delivery)
+
+
+async def settle(
+    delivery: Delivery, *, requeue: bool = False, reject: bool = False
+) -> None:
+    """Ack or reject *delivery*.
+
+    Settling is not a cancellation point (see :class:`~trioevents.Delivery`):
+    once called it settles, so a late cancel cannot leave it half done. A
+    connection that went away is logged: the broker redelivers the message.
+    """
+    try:
+        if reject:
+            await delivery.reject(requeue=requeue)
+        else:
+            await delivery.ack()
+    except (TransportError, trio.ClosedResourceError) as exc:
+        logger.warning(
+            "could not settle delivery %s of %r: %s",
+            delivery.delivery_tag,
+            event_type_of(delivery),
+            exc,
+        )

@@ -1,0 +1,306 @@
+"""The one publish path: every event a host or a dispatcher sends goes through here.
+
+A :class:`Publisher` encodes the payload, builds nameko's properties, and hands
+the message to the publishing tasks of whichever connection is up; the caller
+waits for the broker's confirm, at most ``PUBLISH_TIMEOUT`` seconds. Workers'
+dispatchers (:class:`~trioevents.EventDispatcher`), the retry and dead-letter
+copies of event handlers, and :meth:`ServiceHost.dispatcher
+<trioevents.ServiceHost.dispatcher>` all use it::
+
+    caller ─ publish() ─► requests (channel) ─► _PUBLISHERS tasks ─► connection.publish
+         ◄──── done ────────────────────────────── confirm / error ◄─┘
+
+A request whose publish was interrupted (the connection died, or its task was
+cancelled) goes back to the front of the line and is published again on the next
+connection: at-least-once, and a dispatch never returns before its message was
+confirmed. A caller that stops waiting (cancelled, or past ``PUBLISH_TIMEOUT``)
+abandons its request if it was not sent yet; a request already on the wire is
+seen through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
+
+import attrs
+import trio
+
+from ._connecting import LOST
+from ._exceptions import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ConnectionLost,
+    TransportError,
+)
+from ._message import ExchangeType, Properties
+
+if TYPE_CHECKING:
+    from . import abc
+    from ._codec import PayloadCodec
+    from ._config import Config
+
+__all__ = [
+    "PUBLISH_OPTIONS",
+    "Publisher",
+    "StandaloneDispatch",
+    "build_properties",
+    "check_publish_options",
+]
+
+#: Publishes in flight at once per connection (each waiting for its confirm).
+_PUBLISHERS: Final = 32
+#: Requests queued for the publishing tasks before callers wait to queue more.
+_QUEUED: Final = 1024
+
+#: Options a dispatch accepts, with the type each must have.
+PUBLISH_OPTIONS: Final[Mapping[str, type | tuple[type, ...]]] = {
+    "delivery_mode": int,
+    "priority": int,
+    "expiration": (str, int),
+    "headers": Mapping,
+    "mandatory": bool,
+    "message_id": str,
+    "correlation_id": str,
+}
+
+
+def check_publish_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check dispatch options; raise :class:`ConfigurationError` naming a bad one."""
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        expected = PUBLISH_OPTIONS.get(key)
+        if expected is None:
+            known = ", ".join(sorted(PUBLISH_OPTIONS))
+            raise ConfigurationError(
+                f"unknown dispatch option {key!r}; known options: {known}"
+            )
+        if not isinstance(value, expected) or isinstance(value, bool) != (
+            expected is bool
+        ):
+            raise ConfigurationError(
+                f"dispatch option {key!r} has the wrong type: {value!r}"
+            )
+        checked[key] = str(value) if key == "expiration" else value
+    return checked
+
+
+def build_properties(
+    content_type: str,
+    content_encoding: str,
+    headers: Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+) -> tuple[Properties, bool]:
+    """Build nameko's message properties; return them and the ``mandatory`` flag."""
+    extra = options.get("headers")
+    if extra:
+        headers = {**(headers or {}), **extra}
+    properties = Properties(
+        content_type=content_type,
+        content_encoding=content_encoding,
+        headers=headers or None,
+        delivery_mode=options.get("delivery_mode", 2),
+        priority=options.get("priority", 0),
+        expiration=options.get("expiration"),
+        message_id=options.get("message_id"),
+        correlation_id=options.get("correlation_id"),
+    )
+    return properties, bool(options.get("mandatory", False))
+
+
+class StandaloneDispatch(Protocol):
+    """``await dispatch(source_service, event_type, event_data, **options)``."""
+
+    async def __call__(
+        self, source_service: str, event_type: str, event_data: Any, **options: Any
+    ) -> None: ...
+
+
+@attrs.define(eq=False)
+class _Request:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+    mandatory: bool
+    #: Declare the exchange (durable topic) before the first publish to it on a
+    #: connection.
+    declare: bool
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: BaseException | None = None
+    #: The caller gave up waiting before it was sent: don't publish it late.
+    abandoned: bool = False
+
+
+@final
+class Publisher:
+    """Publish with confirms over whichever connection is up; see the module doc.
+
+    Parameters
+    ----------
+    config
+        ``PUBLISH_TIMEOUT`` bounds every wait for a confirm.
+    codec
+        Encodes payloads of :meth:`dispatch`.
+    """
+
+    def __init__(self, config: Config, codec: PayloadCodec) -> None:
+        self._timeout = config.publish_timeout
+        self._codec = codec
+        self._send, self._receive = trio.open_memory_channel[_Request](_QUEUED)
+        self._pending: deque[_Request] = deque()
+        self._closed = False
+        self._cause: BaseException | None = None
+
+    @property
+    def codec(self) -> PayloadCodec:
+        """The codec that :meth:`dispatch` encodes payloads with."""
+        return self._codec
+
+    def connection_failed(self, cause: BaseException) -> None:
+        """Remember why no connection is up, to say so if a publish times out."""
+        self._cause = cause
+
+    async def dispatch(
+        self,
+        exchange: str,
+        event_type: str,
+        event_data: Any,
+        options: Mapping[str, Any],
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Publish an event (nameko's format) and wait for its confirm.
+
+        Parameters
+        ----------
+        exchange
+            The source service's events exchange (declared if need be).
+        event_type
+            The routing key.
+        event_data
+            The payload, encoded with :attr:`codec`.
+        options
+            Checked dispatch options (:func:`check_publish_options`).
+        headers
+            The worker context's headers, or ``None`` for a standalone dispatch.
+
+        Raises
+        ------
+        SerializationError
+            The payload cannot be encoded.
+        BrokerUnavailable
+            No confirm came within ``PUBLISH_TIMEOUT``.
+        TransportError
+            The broker refused the message (e.g. :class:`PublishNotConfirmed`).
+        trio.ClosedResourceError
+            The publisher was closed (the host stopped serving).
+        """
+        body, content_type, content_encoding = self._codec.encode(event_data)
+        properties, mandatory = build_properties(
+            content_type, content_encoding, headers, options
+        )
+        await self.publish(
+            exchange, event_type, body, properties, mandatory=mandatory, declare=True
+        )
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = False,
+        declare: bool = False,
+    ) -> None:
+        """Publish a message and wait for its confirm (see :meth:`dispatch`).
+
+        *declare* declares *exchange* as a durable topic exchange first, once
+        per connection.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the publisher is closed")
+        request = _Request(exchange, routing_key, body, properties, mandatory, declare)
+        timeout = self._timeout if self._timeout is not None else math.inf
+        try:
+            # Cancelled before send() returned: nothing was queued. Cancelled
+            # while waiting for the confirm: abandoned unless already sent.
+            with trio.move_on_after(timeout) as scope:
+                await self._send.send(request)
+                await request.done.wait()
+        finally:
+            if not request.done.is_set():
+                request.abandoned = True
+        if scope.cancelled_caught:
+            cause = f"; last connection error: {self._cause}" if self._cause else ""
+            raise BrokerUnavailable(
+                f"the broker did not confirm the message to {exchange!r} within "
+                f"PUBLISH_TIMEOUT ({self._timeout} s){cause}"
+            )
+        if request.error is not None:
+            raise request.error
+
+    async def run(self, connection: abc.Connection) -> None:
+        """Publish queued requests on *connection* until it dies or is cancelled.
+
+        Raises
+        ------
+        ConnectionLost
+            The connection died; unconfirmed requests wait for the next one.
+        """
+        self._cause = None
+        declared: set[str] = set()
+        async with trio.open_nursery() as nursery:
+            for _ in range(_PUBLISHERS):
+                nursery.start_soon(self._publish_loop, connection, declared)
+
+    async def _publish_loop(
+        self, connection: abc.Connection, declared: set[str]
+    ) -> None:
+        pending = self._pending
+        while True:
+            request = pending.popleft() if pending else await self._receive.receive()
+            if request.abandoned:
+                continue
+            try:
+                if request.declare and request.exchange not in declared:
+                    await connection.declare_exchange(
+                        request.exchange, ExchangeType.TOPIC, durable=True
+                    )
+                    declared.add(request.exchange)
+                await connection.publish(
+                    request.exchange,
+                    request.routing_key,
+                    request.body,
+                    request.properties,
+                    mandatory=request.mandatory,
+                )
+            except LOST as exc:
+                pending.appendleft(request)
+                raise ConnectionLost(f"publishing failed: {exc}") from exc
+            except TransportError as exc:
+                request.error = exc
+                request.done.set()
+            except BaseException:
+                pending.appendleft(request)
+                raise
+            else:
+                request.done.set()
+
+    def close(self) -> None:
+        """Refuse new publishes and fail the waiting ones (the host stopped)."""
+        self._closed = True
+        error = trio.ClosedResourceError("the publisher was closed before the confirm")
+        waiting = list(self._pending)
+        self._pending.clear()
+        while True:
+            try:
+                waiting.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        for request in waiting:
+            if not request.done.is_set():
+                request.error = error
+                request.done.set()
