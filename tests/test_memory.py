@@ -10,7 +10,7 @@ import trio.testing
 
 from trioevents import ConfigurationError, MemoryTransport
 from trioevents._memory import drop_broker
-from trioevents._routing import split_topic, topic_matches
+from trioevents._memory._routing import split_topic, topic_matches
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, final
 import attrs
 import trio
 
-from . import abc
-from ._exceptions import (
+from .. import abc
+from .._exceptions import (
     AccessRefused,
     ConfigurationError,
     ConsumerCancelled,
@@ -42,17 +42,16 @@ from ._exceptions import (
     PublishNotConfirmed,
     ResourceLocked,
 )
-from ._fieldtable import check_table, copy_table, wire_timestamp
-from ._message import (
+from .._fieldtable import check_table, copy_table, wire_timestamp
+from .._message import (
     Delivery,
     ExchangeType,
     Properties,
     QueueDeclared,
     Settlement,
 )
-from ._routing import Exchange as _Exchange
-from ._uri import parse_broker_uri
-from ._validation import (
+from .._uri import parse_broker_uri
+from .._validation import (
     check_body,
     check_exchange_type,
     check_name,
@@ -60,6 +59,7 @@ from ._validation import (
     check_properties,
     check_routing_key,
 )
+from ._routing import Exchange as _Exchange
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
