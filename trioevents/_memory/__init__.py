@@ -1,20 +1,34 @@
 """The embedded broker (``memory://``): an in-process model of RabbitMQ.
 
-The package is layered, each module importing only the ones above it:
+Brokers are shared per process by name: every ``memory://NAME`` transport reaches
+the same broker, which outlives the connections that use it.
 
-* ``_routing``: exchanges and their bindings, RabbitMQ's direct / fanout / topic
-  routing;
+What is modelled: the default exchange and ``amq.direct`` / ``amq.fanout`` /
+``amq.topic``; direct, fanout and topic exchanges (RabbitMQ's ``*`` / ``#``
+matching); durable / auto-delete / internal exchanges; durable / auto-delete /
+exclusive / server-named queues; per-consumer prefetch; round-robin among competing
+consumers; FIFO with requeued messages back at their original position; message and
+queue TTL (``expiration``, ``x-message-ttl``, ``x-expires``); ``x-max-length`` and
+``x-max-length-bytes`` with ``x-overflow`` ``drop-head`` / ``reject-publish`` /
+``reject-publish-dlx``; dead-lettering with RabbitMQ's ``x-death`` headers and its
+cycle detection.
+
+The modules, each importing only the ones above it:
+
+* ``_routing``: exchanges and their bindings; direct, fanout and topic routing.
+* ``_model``: the broker's state: messages, queues, the broker (its clock,
+  expiry, dead-lettering, deletion) and the per-process registry of brokers.
 * ``_transport``: the seam adapters, :class:`MemoryTransport`,
   :class:`MemoryConnection` and :class:`MemoryConsumer`.
 """
 
 from __future__ import annotations
 
+from ._model import drop_broker as drop_broker
 from ._transport import (
     MemoryConnection as MemoryConnection,
     MemoryConsumer as MemoryConsumer,
     MemoryTransport as MemoryTransport,
-    drop_broker as drop_broker,
 )
 
 __all__ = ["MemoryConnection", "MemoryConsumer", "MemoryTransport", "drop_broker"]
