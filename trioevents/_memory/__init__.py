@@ -18,16 +18,18 @@ The modules, each importing only the ones above it:
 * ``_routing``: exchanges and their bindings; direct, fanout and topic routing.
 * ``_model``: the broker's state: messages, queues, the broker (its clock,
   expiry, dead-lettering, deletion) and the per-process registry of brokers.
-* ``_transport``: the seam adapters, :class:`MemoryTransport`,
-  :class:`MemoryConnection` and :class:`MemoryConsumer`.
+* ``_consumer``: :class:`MemoryConsumer`, one consumer's deliveries from the
+  queue handing them over to their settlement.
+* ``_transport``: :class:`MemoryTransport` and :class:`MemoryConnection`, the
+  seam's AMQP methods over the model.
 """
 
 from __future__ import annotations
 
+from ._consumer import MemoryConsumer as MemoryConsumer
 from ._model import drop_broker as drop_broker
 from ._transport import (
     MemoryConnection as MemoryConnection,
-    MemoryConsumer as MemoryConsumer,
     MemoryTransport as MemoryTransport,
 )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -22,20 +21,13 @@ from .. import abc
 from .._exceptions import (
     AccessRefused,
     ConfigurationError,
-    ConsumerCancelled,
     NotFound,
     PreconditionFailed,
     PublishNotConfirmed,
     ResourceLocked,
 )
 from .._fieldtable import check_table, copy_table, wire_timestamp
-from .._message import (
-    Delivery,
-    ExchangeType,
-    Properties,
-    QueueDeclared,
-    Settlement,
-)
+from .._message import ExchangeType, Properties, QueueDeclared
 from .._uri import parse_broker_uri
 from .._validation import (
     check_body,
@@ -45,14 +37,17 @@ from .._validation import (
     check_properties,
     check_routing_key,
 )
-from ._model import Broker, Message, Queue, get_broker
+from ._consumer import MemoryConsumer
+from ._model import get_broker
 from ._routing import Exchange
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
     from contextlib import AbstractAsyncContextManager
 
-__all__ = ["MemoryConnection", "MemoryConsumer", "MemoryTransport"]
+    from ._model import Broker, Queue
+
+__all__ = ["MemoryConnection", "MemoryTransport"]
 
 #: Queue arguments whose values must be equal when a queue is declared again.
 _CHECKED_QUEUE_ARGS: Final = (
@@ -116,7 +111,7 @@ class MemoryTransport(abc.Transport):
         try:
             yield connection
         finally:
-            connection._close()
+            connection.close()
 
 
 _connection_ids = itertools.count(1)
@@ -476,172 +471,29 @@ class MemoryConnection(abc.Connection):
                 403, f"ACCESS_REFUSED - queue '{queue}' in vhost '/' in exclusive use"
             )
         tag = f"amq.ctag-{_random_token()}"
-        consumer = MemoryConsumer(self, q, tag, prefetch_count, exclusive)
+        consumer = MemoryConsumer(self._broker, q, tag, prefetch_count, exclusive)
         self._consumers.add(consumer)
         q.add_consumer(consumer)
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
             yield consumer
         finally:
-            consumer._close()
+            consumer.close()
+            self._consumers.discard(consumer)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the connection at once, as a lost socket would (idempotent).
+
+        Its consumers close, their unsettled deliveries go back to their queues,
+        and the exclusive queues it declared are deleted. Later operations raise
+        :class:`trio.ClosedResourceError`.
+        """
         if self._closed:
             return
         self._closed = True
-        for consumer in list(self._consumers):
-            consumer._close()
+        for consumer in self._consumers:
+            consumer.close()
+        self._consumers.clear()
         for queue in list(self._broker.queues.values()):
             if queue.exclusive_owner is self:
                 self._broker.delete_queue(queue)
-
-
-@final
-class MemoryConsumer(abc.Consumer):
-    """A consumer of one queue of the embedded broker."""
-
-    def __init__(
-        self,
-        connection: MemoryConnection,
-        queue: Queue,
-        tag: str,
-        prefetch: int,
-        exclusive: bool,
-    ) -> None:
-        self._connection = connection
-        self._queue_obj = queue
-        self._tag = tag
-        self._prefetch = prefetch
-        self.exclusive = exclusive
-        self._tags = itertools.count(1)
-        #: Deliveries not settled yet, by tag (given to receive() or still buffered).
-        self._unsettled: dict[int, tuple[Queue, Message]] = {}
-        self._buffer: deque[Delivery] = deque()
-        self._wakeup: trio.Event | None = None
-        self._state = "active"  # active | cancelled | broker-cancelled | closed
-
-    @property
-    def consumer_tag(self) -> str:
-        return self._tag
-
-    @property
-    def queue(self) -> str:
-        return self._queue_obj.name
-
-    def __repr__(self) -> str:
-        return f"<MemoryConsumer {self._tag} of {self.queue!r} ({self._state})>"
-
-    # -- called by the queue
-
-    def has_room(self) -> bool:
-        return self._prefetch == 0 or len(self._unsettled) < self._prefetch
-
-    def deliver(self, queue: Queue, msg: Message) -> None:
-        tag = next(self._tags)
-        self._unsettled[tag] = (queue, msg)
-        props = msg.properties
-        if props.headers:
-            props = attrs.evolve(props, headers=copy_table(props.headers))
-        self._buffer.append(
-            Delivery(
-                delivery_tag=tag,
-                redelivered=msg.redelivered,
-                exchange=msg.exchange,
-                routing_key=msg.routing_key,
-                properties=props,
-                body=msg.body,
-                consumer_tag=self._tag,
-                settler=self._settle,
-            )
-        )
-        self._wake()
-
-    def cancelled_by_broker(self) -> None:
-        if self._state == "active":
-            self._state = "broker-cancelled"
-            self._connection._broker.now()
-            self._return_buffered()
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
-
-    # -- the seam
-
-    async def receive(self) -> Delivery:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            if self._buffer:
-                delivery = self._buffer.popleft()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return delivery
-            if self._state == "cancelled":
-                raise trio.EndOfChannel
-            if self._state == "broker-cancelled":
-                raise ConsumerCancelled(
-                    f"consumer {self._tag} was cancelled by the broker: queue "
-                    f"{self.queue!r} was deleted"
-                )
-            if self._state == "closed":
-                raise trio.ClosedResourceError("the consumer is closed")
-            if self._wakeup is None:
-                self._wakeup = trio.Event()
-            await self._connection._broker.wait(self._wakeup)
-
-    async def cancel(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if self._state == "active":
-            self._state = "cancelled"
-            now = self._connection._broker.tick()
-            queue = self._queue_obj
-            queue.remove_consumer(self, now)
-            self._return_buffered()
-            queue.dispatch()
-            self._wake()
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _return_buffered(self) -> None:
-        touched: set[Queue] = set()
-        while self._buffer:
-            delivery = self._buffer.pop()
-            queue, msg = self._unsettled.pop(delivery.delivery_tag)
-            queue.requeue(msg)
-            touched.add(queue)
-        for queue in touched:
-            queue.dispatch()
-
-    def _close(self) -> None:
-        if self._state == "closed":
-            return
-        now = self._connection._broker.now()
-        self._buffer.clear()
-        unsettled, self._unsettled = self._unsettled, {}
-        queue = self._queue_obj
-        was_active = self._state == "active"
-        self._state = "closed"
-        for q, msg in unsettled.values():
-            q.requeue(msg)
-        if was_active:
-            queue.remove_consumer(self, now)
-        self._connection._consumers.discard(self)
-        queue.dispatch()
-        self._wake()
-
-    async def _settle(self, delivery: Delivery, how: Settlement, requeue: bool) -> None:
-        # Not a cancellation point: settle, then only yield (see Delivery).
-        entry = self._unsettled.pop(delivery.delivery_tag, None)
-        if entry is None:
-            raise trio.ClosedResourceError(
-                f"cannot {how.value} delivery {delivery.delivery_tag}: its consumer "
-                f"{self._tag} is closed and the message went back to its queue"
-            )
-        queue, msg = entry
-        if how is not Settlement.ACK:
-            if requeue:
-                queue.requeue(msg)
-            else:
-                queue.broker.dead_letter(queue, msg, "rejected")
-        queue.dispatch()
-        await trio.lowlevel.cancel_shielded_checkpoint()
