@@ -37,7 +37,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("trio/_core/", "trio: core (traps, cancel scopes, ki)"),
     ("trio/", "trio: primitives (Event, channels, limiter, sync)"),
     ("outcome/", "trio: outcome"),
-    ("trioevents/_memory.py", "trioevents: embedded broker"),
+    ("trioevents/_memory/", "trioevents: embedded broker"),
     ("trioevents/amqp/_protocol.py", "trioevents: AMQP protocol (sans-IO)"),
     ("trioevents/amqp/_connection.py", "trioevents: AMQP connection tasks"),
     ("pamqp/", "pamqp: frame marshal/unmarshal"),

@@ -66,7 +66,7 @@ class FlakyConnection(abc.Connection):
     def die(self, error: Exception | None = None) -> None:
         self.dead = True
         self.error = error
-        self.inner._close()
+        self.inner.close()
 
     def _check(self) -> None:
         if self.dead:

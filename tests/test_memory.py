@@ -1,61 +1,21 @@
-"""Behaviour of the embedded broker that the conformance suite cannot see."""
+"""Behaviour of the embedded broker that the conformance suite cannot see.
+
+Routing (``trioevents._memory._routing``) is tested in ``test_memory_routing.py``.
+"""
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import uuid
 
 import pytest
 import trio
 import trio.testing
 
+import trioevents._memory
 from trioevents import ConfigurationError, MemoryTransport
 from trioevents._memory import drop_broker
-from trioevents._routing import split_topic, topic_matches
-
-
-@pytest.mark.parametrize(
-    ("pattern", "key", "expected"),
-    [
-        ("a.b", "a.b", True),
-        ("a.b", "a.b.c", False),
-        ("*", "a", True),
-        ("*", "", False),
-        ("*", "a.b", False),
-        ("#", "", True),
-        ("#", "a.b.c", True),
-        ("a.#", "a", True),
-        ("a.#", "a.b.c", True),
-        ("a.#", "b.a", False),
-        ("#.a", "a", True),
-        ("#.a", "x.y.a", True),
-        ("a.*.#", "a", False),
-        ("a.*.#", "a.b", True),
-        ("a.*.#", "a.b.c.d", True),
-        ("#.#", "", True),
-        ("#.#", "a.b", True),
-        ("a.#.b", "a.b", True),
-        ("a.#.b", "a.x.y.b", True),
-        ("a.#.b", "a.x.y.c", False),
-        ("*.*", ".", True),
-        ("*", ".", False),
-        ("a..b", "a..b", True),
-        ("a.*.b", "a..b", True),
-        ("a.#", "a.", True),
-        ("", "", True),
-        ("", "a", False),
-        ("order_placed", "order_placed", True),
-        ("order.*", "order.placed", True),
-    ],
-)
-def test_topic_matching_follows_rabbitmq(
-    pattern: str, key: str, expected: bool
-) -> None:
-    assert topic_matches(split_topic(pattern), split_topic(key)) is expected
-
-
-def test_empty_key_has_no_words() -> None:
-    assert split_topic("") == ()
-    assert split_topic(".") == ("", "")
 
 
 async def test_brokers_are_shared_by_name() -> None:
@@ -150,3 +110,31 @@ def test_ttl_survives_a_new_trio_run() -> None:
     assert trio.run(second, clock=clock) == 1
     assert trio.run(later, clock=trio.testing.MockClock(autojump_threshold=0)) == 0
     drop_broker(name)
+
+
+def _package_imports(source: str) -> set[str]:
+    """The modules of ``trioevents._memory`` that *source* imports, at any depth."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        module = node.module or ""
+        if node.level == 0 and module.startswith("trioevents._memory."):
+            found.add(module.split(".")[2])
+        elif node.level == 1 and module:
+            found.add(module.split(".")[0])
+        elif node.level == 1:
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_package_imports_only_downward() -> None:
+    """Each module imports only those above it, under TYPE_CHECKING too: no circle."""
+    layers = ["_routing", "_model", "_consumer", "_transport"]
+    package = pathlib.Path(trioevents._memory.__file__).parent
+    assert sorted(p.stem for p in package.glob("_*.py") if p.stem != "__init__") == (
+        sorted(layers)
+    )
+    for index, name in enumerate(layers):
+        imported = _package_imports((package / f"{name}.py").read_text("utf-8"))
+        assert imported <= set(layers[:index]), name

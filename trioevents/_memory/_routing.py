@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ._message import ExchangeType
+from .._message import ExchangeType
 
 __all__ = ["Binding", "Exchange", "split_topic", "topic_matches"]
 
