@@ -82,7 +82,10 @@ async def test_a_dispatch_past_publish_timeout_raises_and_the_dispatcher_recover
 ) -> None:
     uri = fresh_uri()
     await watched(uri)
-    host, transport = flaky_dispatcher_host(uri, PUBLISH_TIMEOUT=5)
+    # reconnects every 2 s at most: the second dispatch is within its 5 s
+    host, transport = flaky_dispatcher_host(
+        uri, PUBLISH_TIMEOUT=5, RECONNECT_MAX_DELAY=2
+    )
     async with host.dispatcher() as dispatch:
         transport.refuse(1000)
         transport.cut()
