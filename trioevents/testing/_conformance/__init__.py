@@ -63,7 +63,7 @@ import attrs
 import trio
 import trio.testing
 
-from .._exceptions import (
+from ..._exceptions import (
     AccessRefused,
     AlreadySettled,
     ChannelClosedByBroker,
@@ -74,13 +74,13 @@ from .._exceptions import (
     PublishNotConfirmed,
     ResourceLocked,
 )
-from .._message import ExchangeType, Properties, Settlement
+from ..._message import ExchangeType, Properties, Settlement
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from .._message import Delivery
-    from ..abc import Connection, Consumer, Transport
+    from ..._message import Delivery
+    from ...abc import Connection, Consumer, Transport
 
     MakeTransport: TypeAlias = Callable[[], Transport]
     TransportCheck: TypeAlias = Callable[[MakeTransport], Awaitable[None]]
