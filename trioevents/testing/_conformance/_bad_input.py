@@ -10,17 +10,16 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, cast
 
-from ..._exceptions import InvalidRequest, NotFound, PreconditionFailed
+from ..._exceptions import InvalidRequest, PreconditionFailed
 from ..._message import ExchangeType, Properties
 from ._registry import _check
 from ._support import (
     _assert_invalid,
-    _assert_refused,
-    _assert_usable,
+    _assert_no_exchange,
+    _assert_raises,
     _bodies,
     _drain,
     _name,
-    _not_found,
 )
 
 if TYPE_CHECKING:
@@ -36,12 +35,7 @@ async def check_unknown_exchange_type_is_invalid(make_transport: MakeTransport) 
             await _assert_invalid(
                 conn, functools.partial(conn.declare_exchange, name, cast("Any", bad))
             )
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", name),
-            lambda: conn.declare_exchange(name, passive=True),
-        )
+        await _assert_no_exchange(conn, name)
 
 
 @_check
@@ -146,11 +140,10 @@ async def check_invalid_property_values_are_refused(
             Properties(expiration="-5"),
             Properties(delivery_mode=3),
         ):
-            try:
-                await conn.publish("", queue, b"x", refused)
-            except (InvalidRequest, PreconditionFailed):
-                pass
-            else:
-                raise AssertionError(f"{refused!r} was published")
-            await _assert_usable(conn)
+            await _assert_raises(
+                conn,
+                (InvalidRequest, PreconditionFailed),
+                functools.partial(conn.publish, "", queue, b"x", refused),
+                f"{refused!r} was published",
+            )
         assert await _drain(conn, queue) == []

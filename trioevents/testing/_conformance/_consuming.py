@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 import trio.testing
 
-from ..._exceptions import AccessRefused, AlreadySettled, NotFound, PreconditionFailed
+from ..._exceptions import AccessRefused, AlreadySettled, PreconditionFailed
 from ..._message import Settlement
 from ._registry import _check
 from ._support import (
     _VHOST,
     _WAIT,
     _assert_invalid,
+    _assert_no_queue,
+    _assert_not_found,
+    _assert_receive_raises,
     _assert_refused,
     _assert_usable,
     _bodies,
@@ -28,8 +31,8 @@ from ._support import (
     _inequivalent,
     _message_count,
     _name,
-    _not_found,
     _receive,
+    _receive_and_ack,
     _receive_n,
     _settlement,
 )
@@ -116,10 +119,7 @@ async def check_queue_is_fifo(make_transport: MakeTransport) -> None:
         sent = [b"%02d" % index for index in range(20)]
         for body in sent[:10]:
             await conn.publish("", queue, body)
-        async with conn.open_consumer(queue) as consumer:
-            got = await _receive_n(consumer, 10)
-            for delivery in got:
-                await delivery.ack()
+        got = await _receive_and_ack(conn, queue, 10)
         for body in sent[10:]:
             await conn.publish("", queue, body)
         async with conn.open_consumer(queue, prefetch_count=1) as consumer:
@@ -164,10 +164,7 @@ async def check_requeued_message_returns_to_its_original_position(
             await m2.nack(requeue=True)
             await m0.reject(requeue=True)
             await m1.ack()
-        async with conn.open_consumer(queue) as consumer:
-            got = await _receive_n(consumer, 5)
-            for delivery in got:
-                await delivery.ack()
+        got = await _receive_and_ack(conn, queue, 5)
         assert [(d.body, d.redelivered) for d in got] == [
             (b"m0", True),
             (b"m2", True),
@@ -271,13 +268,9 @@ async def check_consumer_cancel_ends_iteration(make_transport: MakeTransport) ->
         async with conn.open_consumer(queue, prefetch_count=1) as consumer:
             first = await _receive(consumer)
             await consumer.cancel()
-            try:
-                with trio.fail_after(_WAIT):
-                    await consumer.receive()
-            except trio.EndOfChannel:
-                pass
-            else:
-                raise AssertionError("receive() returned after cancel()")
+            await _assert_receive_raises(
+                consumer, trio.EndOfChannel, "receive() returned after cancel()"
+            )
             async for delivery in consumer:
                 raise AssertionError(f"iteration went on after cancel(): {delivery!r}")
             await conn.publish("", queue, b"3")
@@ -327,10 +320,7 @@ async def check_closing_a_consumer_requeues_its_unsettled_deliveries(
             ]
             # Settled deliveries stay settled when their consumer closes.
             await got[1].ack()
-        async with conn.open_consumer(queue) as consumer:
-            got = await _receive_n(consumer, 2)
-            for delivery in got:
-                await delivery.ack()
+        got = await _receive_and_ack(conn, queue, 2)
         assert [(d.body, d.redelivered) for d in got] == [(b"0", True), (b"2", True)]
         assert await _message_count(conn, queue) == 0
 
@@ -355,10 +345,7 @@ async def check_closing_a_connection_requeues_its_unsettled_deliveries(
             await connection_cm.__aexit__(None, None, None)
         # Closing a consumer whose connection is gone is harmless.
         await consumer_cm.__aexit__(None, None, None)
-        async with conn.open_consumer(queue) as consumer:
-            got = await _receive_n(consumer, 3)
-            for delivery in got:
-                await delivery.ack()
+        got = await _receive_and_ack(conn, queue, 3)
         assert [(d.body, d.redelivered) for d in got] == [
             (b"0", True),
             (b"1", True),
@@ -415,11 +402,8 @@ async def check_consume_missing_queue_raises_not_found(
     """Consuming a queue that does not exist is 404."""
     async with make_transport().open_connection() as conn:
         missing = _name("missing")
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", missing),
-            lambda: _consume_once(conn, missing),
+        await _assert_not_found(
+            conn, "queue", missing, lambda: _consume_once(conn, missing)
         )
 
 
@@ -433,23 +417,15 @@ async def check_errors_leave_consumers_working(make_transport: MakeTransport) ->
         async with conn.open_consumer(queue) as consumer:
             before = await _receive(consumer)
             missing = _name("missing")
-            await _assert_refused(
-                conn,
-                NotFound,
-                _not_found("queue", missing),
-                lambda: conn.declare_queue(missing, passive=True),
-            )
+            await _assert_no_queue(conn, missing)
             await _assert_refused(
                 conn,
                 PreconditionFailed,
                 _inequivalent("durable", "queue", queue),
                 lambda: conn.declare_queue(queue, durable=True),
             )
-            await _assert_refused(
-                conn,
-                NotFound,
-                _not_found("exchange", missing),
-                lambda: conn.publish(missing, "k", b"lost"),
+            await _assert_not_found(
+                conn, "exchange", missing, lambda: conn.publish(missing, "k", b"lost")
             )
             await _assert_invalid(
                 conn, lambda: conn.publish("", queue, cast("Any", "not bytes"))

@@ -11,19 +11,20 @@ import functools
 import re
 from typing import TYPE_CHECKING
 
-from ..._exceptions import AccessRefused, NotFound, PreconditionFailed
+from ..._exceptions import AccessRefused, PreconditionFailed
 from ..._message import ExchangeType
 from ._registry import _check
 from ._support import (
     _DEFAULT_EXCHANGE,
     _VHOST,
+    _assert_no_exchange,
+    _assert_no_queue,
     _assert_refused,
     _assert_usable,
     _bodies,
     _drain,
     _inequivalent,
     _name,
-    _not_found,
     _reserved,
     _wait_until_missing,
 )
@@ -55,12 +56,7 @@ async def check_exchange_declare_every_type_and_flag(
                 )
                 await conn.declare_exchange(name, passive=True)
                 await conn.delete_exchange(name)
-                await _assert_refused(
-                    conn,
-                    NotFound,
-                    _not_found("exchange", name),
-                    functools.partial(conn.declare_exchange, name, passive=True),
-                )
+                await _assert_no_exchange(conn, name)
 
 
 @_check
@@ -132,25 +128,10 @@ async def check_exchange_passive_declare(make_transport: MakeTransport) -> None:
     """A passive declare finds an exchange whatever flags it names; else 404."""
     async with make_transport().open_connection() as conn:
         missing = _name("missing")
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", missing),
-            lambda: conn.declare_exchange(missing, passive=True),
-        )
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", "amq.conformance-missing"),
-            lambda: conn.declare_exchange("amq.conformance-missing", passive=True),
-        )
+        await _assert_no_exchange(conn, missing)
+        await _assert_no_exchange(conn, "amq.conformance-missing")
         # Passive declares do not create anything.
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", missing),
-            lambda: conn.declare_exchange(missing, passive=True),
-        )
+        await _assert_no_exchange(conn, missing)
         name = _name("x")
         await conn.declare_exchange(name, ExchangeType.TOPIC, durable=True)
         await conn.declare_exchange(name, ExchangeType.DIRECT, passive=True)
@@ -178,12 +159,7 @@ async def check_reserved_amq_names_are_refused(make_transport: MakeTransport) ->
             _reserved("queue", queue),
             lambda: conn.declare_queue(queue),
         )
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", queue),
-            lambda: conn.declare_queue(queue, passive=True),
-        )
+        await _assert_no_queue(conn, queue)
         await _assert_refused(
             conn,
             AccessRefused,
@@ -234,33 +210,14 @@ async def check_default_exchange_cannot_be_changed(
     """Declaring, deleting, binding to or unbinding from ``""`` is 403."""
     async with make_transport().open_connection() as conn:
         queue = (await conn.declare_queue(_name("q"))).name
-        await _assert_refused(
-            conn,
-            AccessRefused,
-            _DEFAULT_EXCHANGE,
+        for operation in (
             lambda: conn.declare_exchange("", ExchangeType.DIRECT, durable=True),
-        )
-        await _assert_refused(
-            conn,
-            AccessRefused,
-            _DEFAULT_EXCHANGE,
             lambda: conn.declare_exchange("", passive=True),
-        )
-        await _assert_refused(
-            conn, AccessRefused, _DEFAULT_EXCHANGE, lambda: conn.delete_exchange("")
-        )
-        await _assert_refused(
-            conn,
-            AccessRefused,
-            _DEFAULT_EXCHANGE,
+            lambda: conn.delete_exchange(""),
             lambda: conn.bind_queue(queue, "", "other-key"),
-        )
-        await _assert_refused(
-            conn,
-            AccessRefused,
-            _DEFAULT_EXCHANGE,
             lambda: conn.unbind_queue(queue, "", queue),
-        )
+        ):
+            await _assert_refused(conn, AccessRefused, _DEFAULT_EXCHANGE, operation)
         # Still routes by queue name.
         await conn.publish("", queue, b"direct to queue")
         assert _bodies(await _drain(conn, queue)) == [b"direct to queue"]
@@ -333,24 +290,14 @@ async def check_delete_exchange(make_transport: MakeTransport) -> None:
         assert _bodies(await _drain(conn, queue)) == [b"still bound"]
 
         await conn.delete_exchange(exchange)
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", exchange),
-            lambda: conn.declare_exchange(exchange, passive=True),
-        )
+        await _assert_no_exchange(conn, exchange)
         # The bindings went with it: a new exchange of the same name routes nowhere.
         await conn.declare_exchange(exchange, ExchangeType.DIRECT)
         await conn.publish(exchange, "k", b"unbound")
         assert await _drain(conn, queue) == []
         # Unused now, so if_unused deletes it.
         await conn.delete_exchange(exchange, if_unused=True)
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", exchange),
-            lambda: conn.declare_exchange(exchange, passive=True),
-        )
+        await _assert_no_exchange(conn, exchange)
         # Deleting what is not there is not an error.
         await conn.delete_exchange(exchange)
         await conn.delete_exchange(_name("missing"), if_unused=True)

@@ -9,28 +9,28 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
 
-from ..._exceptions import NotFound, PublishNotConfirmed
+from ..._exceptions import PublishNotConfirmed
 from ..._message import ExchangeType, Properties
 from ._registry import _check
 from ._support import (
+    _assert_not_found,
+    _assert_one_death,
     _assert_properties,
-    _assert_refused,
+    _assert_raises,
     _assert_same_value,
     _assert_usable,
-    _assert_x_death,
     _bodies,
     _dead_letter_target,
-    _death,
     _drain,
     _message_count,
     _name,
-    _not_found,
-    _receive,
+    _receive_and_ack,
 )
 
 if TYPE_CHECKING:
@@ -148,16 +148,13 @@ async def check_publish_to_missing_exchange_raises_not_found(
     """Publishing to a missing exchange is 404, for new ``amq.`` names too."""
     async with make_transport().open_connection() as conn:
         missing = _name("missing")
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("exchange", missing),
-            lambda: conn.publish(missing, "k", b"lost"),
+        await _assert_not_found(
+            conn, "exchange", missing, lambda: conn.publish(missing, "k", b"lost")
         )
-        await _assert_refused(
+        await _assert_not_found(
             conn,
-            NotFound,
-            _not_found("exchange", "amq.conformance-missing"),
+            "exchange",
+            "amq.conformance-missing",
             lambda: conn.publish("amq.conformance-missing", "k", b"lost"),
         )
 
@@ -172,13 +169,12 @@ async def check_mandatory_unroutable_publish_is_not_confirmed(
         await conn.declare_exchange(exchange, ExchangeType.TOPIC)
         # Not mandatory: dropped silently.
         await conn.publish(exchange, "nowhere", b"dropped")
-        try:
-            await conn.publish(exchange, "nowhere", b"returned", mandatory=True)
-        except PublishNotConfirmed:
-            pass
-        else:
-            raise AssertionError("an unroutable mandatory message was confirmed")
-        await _assert_usable(conn)
+        await _assert_raises(
+            conn,
+            PublishNotConfirmed,
+            lambda: conn.publish(exchange, "nowhere", b"returned", mandatory=True),
+            "an unroutable mandatory message was confirmed",
+        )
         queue = (await conn.declare_queue(_name("q"))).name
         await conn.bind_queue(queue, exchange, "somewhere.#")
         await conn.publish(exchange, "somewhere.else", b"routed", mandatory=True)
@@ -203,28 +199,21 @@ async def check_full_queue_with_reject_publish_refuses(
                 },
             )
             await conn.publish("", queue, b"fits")
-            try:
-                await conn.publish("", queue, b"refused")
-            except PublishNotConfirmed:
-                pass
-            else:
-                raise AssertionError(f"{overflow}: a full queue confirmed a message")
-            await _assert_usable(conn)
+            await _assert_raises(
+                conn,
+                PublishNotConfirmed,
+                functools.partial(conn.publish, "", queue, b"refused"),
+                f"{overflow}: a full queue confirmed a message",
+            )
             assert await _message_count(conn, queue) == 1
-            async with conn.open_consumer(queue) as consumer:
-                kept = await _receive(consumer)
-                assert kept.body == b"fits"
-                await kept.ack()
+            (kept,) = await _receive_and_ack(conn, queue, 1)
+            assert kept.body == b"fits"
             dead = await _drain(conn, dlq)
             if overflow == "reject-publish":
                 assert dead == [], f"reject-publish dead-lettered {_bodies(dead)}"
             else:
                 assert _bodies(dead) == [b"refused"]
-                _assert_x_death(
-                    dead[0],
-                    [_death("maxlen", queue, "", [queue])],
-                    first=("maxlen", queue, ""),
-                )
+                _assert_one_death(dead[0], "maxlen", queue, "", [queue])
 
 
 @_check

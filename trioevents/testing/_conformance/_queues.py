@@ -7,6 +7,7 @@ queue, and ``x-expires``.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,10 @@ from ._support import (
     _TTL_MS,
     _VHOST,
     _WAIT,
+    _assert_no_queue,
+    _assert_not_early,
+    _assert_not_found,
+    _assert_receive_raises,
     _assert_refused,
     _assert_usable,
     _bodies,
@@ -34,7 +39,6 @@ from ._support import (
     _locked,
     _message_count,
     _name,
-    _not_found,
     _receive,
     _wait_until_missing,
 )
@@ -85,18 +89,8 @@ async def check_queue_passive_declare(make_transport: MakeTransport) -> None:
     """A passive declare finds a queue whatever flags it names; else 404."""
     async with make_transport().open_connection() as conn:
         missing = _name("missing")
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", missing),
-            lambda: conn.declare_queue(missing, passive=True),
-        )
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", missing),
-            lambda: conn.declare_queue(missing, passive=True),
-        )
+        await _assert_no_queue(conn, missing)
+        await _assert_no_queue(conn, missing)
         name = _name("q")
         await conn.declare_queue(name, durable=True, arguments={"x-max-length": 10})
         await conn.publish("", name, b"one")
@@ -118,54 +112,31 @@ async def check_queue_redeclare_with_other_flags_fails(
         name = _name("q")
         arguments = {"x-message-ttl": 60_000, "x-dead-letter-exchange": dlx}
         await conn.declare_queue(name, durable=True, arguments=arguments)
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("durable", "queue", name),
-            lambda: conn.declare_queue(name, arguments=arguments),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("auto_delete", "queue", name),
-            lambda: conn.declare_queue(
-                name, durable=True, auto_delete=True, arguments=arguments
+        other_dlx = _name("other")
+        for arg, flags, other_arguments in (
+            ("durable", {}, arguments),
+            ("auto_delete", {"durable": True, "auto_delete": True}, arguments),
+            ("x-message-ttl", {"durable": True}, {"x-dead-letter-exchange": dlx}),
+            (
+                "x-message-ttl",
+                {"durable": True},
+                {**arguments, "x-message-ttl": 30_000},
             ),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-message-ttl", "queue", name),
-            lambda: conn.declare_queue(
-                name, durable=True, arguments={"x-dead-letter-exchange": dlx}
+            (
+                "x-dead-letter-exchange",
+                {"durable": True},
+                {**arguments, "x-dead-letter-exchange": other_dlx},
             ),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-message-ttl", "queue", name),
-            lambda: conn.declare_queue(
-                name, durable=True, arguments={**arguments, "x-message-ttl": 30_000}
-            ),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-dead-letter-exchange", "queue", name),
-            lambda: conn.declare_queue(
-                name,
-                durable=True,
-                arguments={**arguments, "x-dead-letter-exchange": _name("other")},
-            ),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-max-length", "queue", name),
-            lambda: conn.declare_queue(
-                name, durable=True, arguments={**arguments, "x-max-length": 5}
-            ),
-        )
+            ("x-max-length", {"durable": True}, {**arguments, "x-max-length": 5}),
+        ):
+            await _assert_refused(
+                conn,
+                PreconditionFailed,
+                _inequivalent(arg, "queue", name),
+                functools.partial(
+                    conn.declare_queue, name, arguments=other_arguments, **flags
+                ),
+            )
         await _assert_refused(
             conn,
             ResourceLocked,
@@ -228,12 +199,7 @@ async def check_delete_queue(make_transport: MakeTransport) -> None:
             assert await _message_count(conn, name) == 3
             # The unacked delivery is not counted.
             assert await conn.delete_queue(name) == 3
-            await _assert_refused(
-                conn,
-                NotFound,
-                _not_found("queue", name),
-                lambda: conn.declare_queue(name, passive=True),
-            )
+            await _assert_no_queue(conn, name)
             assert held.body == b"0"
         # Missing queues delete fine, with any flags.
         assert await conn.delete_queue(name) == 0
@@ -242,12 +208,7 @@ async def check_delete_queue(make_transport: MakeTransport) -> None:
         empty = _name("q")
         await conn.declare_queue(empty)
         assert await conn.delete_queue(empty, if_unused=True, if_empty=True) == 0
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", empty),
-            lambda: conn.declare_queue(empty, passive=True),
-        )
+        await _assert_no_queue(conn, empty)
 
 
 @_check
@@ -270,11 +231,8 @@ async def check_purge_queue(make_transport: MakeTransport) -> None:
             await back.ack()
         assert await _message_count(conn, name) == 0
         missing = _name("missing")
-        await _assert_refused(
-            conn,
-            NotFound,
-            _not_found("queue", missing),
-            lambda: conn.purge_queue(missing),
+        await _assert_not_found(
+            conn, "queue", missing, lambda: conn.purge_queue(missing)
         )
 
 
@@ -316,37 +274,16 @@ async def check_exclusive_queue_belongs_to_its_connection(
             await owner.declare_queue(name, exclusive=True)
             exchange = _name("x")
             await owner.declare_exchange(exchange, ExchangeType.FANOUT)
-            locked = _locked(name)
-            await _assert_refused(
-                other,
-                ResourceLocked,
-                locked,
+            for operation in (
                 lambda: other.declare_queue(name, passive=True),
-            )
-            await _assert_refused(
-                other,
-                ResourceLocked,
-                locked,
                 lambda: other.declare_queue(name, exclusive=True),
-            )
-            await _assert_refused(
-                other, ResourceLocked, locked, lambda: other.declare_queue(name)
-            )
-            await _assert_refused(
-                other,
-                ResourceLocked,
-                locked,
+                lambda: other.declare_queue(name),
                 lambda: other.bind_queue(name, exchange),
-            )
-            await _assert_refused(
-                other, ResourceLocked, locked, lambda: other.purge_queue(name)
-            )
-            await _assert_refused(
-                other, ResourceLocked, locked, lambda: other.delete_queue(name)
-            )
-            await _assert_refused(
-                other, ResourceLocked, locked, lambda: _consume_once(other, name)
-            )
+                lambda: other.purge_queue(name),
+                lambda: other.delete_queue(name),
+                lambda: _consume_once(other, name),
+            ):
+                await _assert_refused(other, ResourceLocked, _locked(name), operation)
             # Publishing to it is anyone's right.
             await other.publish("", name, b"from another connection")
             assert _bodies(await _drain(owner, name)) == [b"from another connection"]
@@ -371,13 +308,10 @@ async def check_deleting_a_consumed_queue_cancels_its_consumers(
         async with conn.open_consumer(name) as consumer:
 
             async def wait_for_delivery() -> None:
-                try:
-                    with trio.fail_after(_WAIT):
-                        delivery = await consumer.receive()
-                except ConsumerCancelled as exc:
-                    cancelled.append(exc)
-                else:
-                    raise AssertionError(f"got {delivery!r} from a deleted queue")
+                exc = await _assert_receive_raises(
+                    consumer, ConsumerCancelled, "got a delivery from a deleted queue"
+                )
+                cancelled.append(exc)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wait_for_delivery)
@@ -385,13 +319,9 @@ async def check_deleting_a_consumed_queue_cancels_its_consumers(
                 assert await other.delete_queue(name) == 0
             assert len(cancelled) == 1
             # It stays cancelled.
-            try:
-                with trio.fail_after(_WAIT):
-                    await consumer.receive()
-            except ConsumerCancelled:
-                pass
-            else:
-                raise AssertionError("a cancelled consumer received a delivery")
+            await _assert_receive_raises(
+                consumer, ConsumerCancelled, "a cancelled consumer received a delivery"
+            )
         await _assert_usable(conn)
 
         # Deleted by the consumer's own connection, with a message held.
@@ -402,13 +332,9 @@ async def check_deleting_a_consumed_queue_cancels_its_consumers(
             held = await _receive(consumer)
             assert held.body == b"held"
             assert await conn.delete_queue(name) == 0
-            try:
-                with trio.fail_after(_WAIT):
-                    await consumer.receive()
-            except ConsumerCancelled:
-                pass
-            else:
-                raise AssertionError("a cancelled consumer received a delivery")
+            await _assert_receive_raises(
+                consumer, ConsumerCancelled, "a cancelled consumer received a delivery"
+            )
         await _assert_usable(conn)
         await _assert_usable(other)
 
@@ -429,5 +355,5 @@ async def check_queue_expires_when_unused(make_transport: MakeTransport) -> None
                     await conn.declare_queue(name, passive=True)
                 except NotFound:
                     break
-        assert trio.current_time() - start >= _TTL_MS / 2000, "expired too early"
+        _assert_not_early(trio.current_time() - start)
         await _assert_usable(conn)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..._exceptions import NotFound, PublishNotConfirmed
+from ..._exceptions import PublishNotConfirmed
 from ..._message import ExchangeType
 from ._registry import _check
 from ._support import (
-    _assert_refused,
-    _assert_usable,
+    _assert_not_found,
+    _assert_raises,
     _bodies,
     _drain,
     _name,
-    _not_found,
-    _receive,
+    _receive_and_ack,
 )
 
 if TYPE_CHECKING:
@@ -51,17 +50,17 @@ async def check_bind_and_unbind_with_routing_keys(
         await conn.unbind_queue(_name("missing"), exchange, "k2")
         await conn.unbind_queue(queue, _name("missing"), "k2")
         missing_exchange = _name("missing")
-        await _assert_refused(
+        await _assert_not_found(
             conn,
-            NotFound,
-            _not_found("exchange", missing_exchange),
+            "exchange",
+            missing_exchange,
             lambda: conn.bind_queue(queue, missing_exchange, "k"),
         )
         missing_queue = _name("missing")
-        await _assert_refused(
+        await _assert_not_found(
             conn,
-            NotFound,
-            _not_found("queue", missing_queue),
+            "queue",
+            missing_queue,
             lambda: conn.bind_queue(missing_queue, exchange, "k"),
         )
         await conn.publish(exchange, "k2", b"k2 again")
@@ -206,20 +205,17 @@ async def check_default_exchange_routes_by_queue_name(
         await conn.publish("", queue, b"by name")
         # A key naming no queue is dropped silently ...
         await conn.publish("", _name("missing"), b"dropped")
-        async with conn.open_consumer(queue) as consumer:
-            delivery = await _receive(consumer)
-            assert (delivery.exchange, delivery.routing_key, delivery.body) == (
-                "",
-                queue,
-                b"by name",
-            )
-            await delivery.ack()
+        (delivery,) = await _receive_and_ack(conn, queue, 1)
+        assert (delivery.exchange, delivery.routing_key, delivery.body) == (
+            "",
+            queue,
+            b"by name",
+        )
         # ... unless mandatory.
-        try:
-            await conn.publish("", _name("missing"), b"returned", mandatory=True)
-        except PublishNotConfirmed:
-            pass
-        else:
-            raise AssertionError("a mandatory message to no queue was confirmed")
-        await _assert_usable(conn)
+        await _assert_raises(
+            conn,
+            PublishNotConfirmed,
+            lambda: conn.publish("", _name("missing"), b"returned", mandatory=True),
+            "a mandatory message to no queue was confirmed",
+        )
         assert await _drain(conn, queue) == []

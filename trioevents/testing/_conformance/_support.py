@@ -10,10 +10,11 @@ with :class:`AssertionError`; every reply-text pattern matches both brokers
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import trio
@@ -33,6 +34,8 @@ _WAIT = 10.0
 _POLL = 0.05
 #: The short TTL used by the time-dependent checks, in milliseconds.
 _TTL_MS = 200
+_E = TypeVar("_E", bound=Exception)
+
 #: Matches the vhost part of a reply text: memory's broker name or RabbitMQ's vhost.
 _VHOST = r"in vhost '[^']*'"
 
@@ -55,6 +58,38 @@ async def _receive(consumer: Consumer) -> Delivery:
 
 async def _receive_n(consumer: Consumer, count: int) -> list[Delivery]:
     return [await _receive(consumer) for _ in range(count)]
+
+
+async def _receive_and_ack(conn: Connection, queue: str, count: int) -> list[Delivery]:
+    """Receive *count* deliveries on a new consumer of *queue*, then ack them all."""
+    async with conn.open_consumer(queue) as consumer:
+        got = await _receive_n(consumer, count)
+        for delivery in got:
+            await delivery.ack()
+    return got
+
+
+async def _assert_receive_raises(
+    consumer: Consumer, error: type[_E], failure: str
+) -> _E:
+    """Check that the next :meth:`~trioevents.abc.Consumer.receive` raises *error*.
+
+    Parameters
+    ----------
+    failure
+        What the :class:`AssertionError` says, with the delivery, if one comes.
+
+    Returns
+    -------
+    Exception
+        The *error* raised.
+    """
+    try:
+        with trio.fail_after(_WAIT):
+            delivery = await consumer.receive()
+    except error as exc:
+        return exc
+    raise AssertionError(f"{failure}: {delivery!r}")
 
 
 def _settlement(delivery: Delivery) -> Settlement | None:
@@ -154,17 +189,58 @@ async def _assert_refused(
     return caught
 
 
+async def _assert_raises(
+    conn: Connection,
+    error: type[Exception] | tuple[type[Exception], ...],
+    operation: Callable[[], Awaitable[object]],
+    failure: str,
+) -> None:
+    """Check that *operation* raises *error*; then that *conn* is still usable.
+
+    Parameters
+    ----------
+    failure
+        What the :class:`AssertionError` says if *operation* returns.
+    """
+    try:
+        await operation()
+    except error:
+        pass
+    else:
+        raise AssertionError(failure)
+    await _assert_usable(conn)
+
+
 async def _assert_invalid(
     conn: Connection, operation: Callable[[], Awaitable[object]]
 ) -> None:
     """Check that *operation* raises :class:`InvalidRequest`; *conn* stays usable."""
-    try:
-        await operation()
-    except InvalidRequest:
-        pass
-    else:
-        raise AssertionError("expected InvalidRequest")
-    await _assert_usable(conn)
+    await _assert_raises(conn, InvalidRequest, operation, "expected InvalidRequest")
+
+
+async def _assert_not_found(
+    conn: Connection,
+    kind: str,
+    name: str,
+    operation: Callable[[], Awaitable[object]],
+) -> None:
+    """Check that *operation* is 404 for want of the *kind* (exchange or queue) *name*.
+
+    Then check that *conn* is still usable.
+    """
+    await _assert_refused(conn, NotFound, _not_found(kind, name), operation)
+
+
+async def _assert_no_exchange(conn: Connection, name: str) -> None:
+    """Check that a passive declare of exchange *name* is 404; *conn* stays usable."""
+    declare = functools.partial(conn.declare_exchange, name, passive=True)
+    await _assert_not_found(conn, "exchange", name, declare)
+
+
+async def _assert_no_queue(conn: Connection, name: str) -> None:
+    """Check that a passive declare of queue *name* is 404; *conn* stays usable."""
+    declare = functools.partial(conn.declare_queue, name, passive=True)
+    await _assert_not_found(conn, "queue", name, declare)
 
 
 async def _consume_once(
@@ -322,6 +398,42 @@ def _death(
     if original_expiration is not None:
         entry["original-expiration"] = original_expiration
     return entry
+
+
+def _assert_one_death(
+    delivery: Delivery,
+    reason: str,
+    queue: str,
+    exchange: str,
+    routing_keys: list[str],
+    *,
+    original_expiration: str | None = None,
+    other_headers: Mapping[str, object] | None = None,
+) -> None:
+    """Check the headers of a message dead-lettered once, for *reason*, from *queue*.
+
+    *exchange* and *routing_keys* are those it was published with; the rest is as
+    for :func:`_assert_x_death`.
+    """
+    death = _death(
+        reason, queue, exchange, routing_keys, original_expiration=original_expiration
+    )
+    _assert_x_death(
+        delivery,
+        [death],
+        first=(reason, queue, exchange),
+        other_headers=other_headers,
+    )
+
+
+def _assert_not_early(elapsed: float) -> None:
+    """Check that what expired after *elapsed* seconds outlived half of ``_TTL_MS``.
+
+    Only a lower bound: brokers expire late, never early.
+    """
+    assert elapsed >= _TTL_MS / 2000, (
+        f"expired after {elapsed:.3f} s, before half the TTL of {_TTL_MS} ms"
+    )
 
 
 async def _dead_letter_target(
