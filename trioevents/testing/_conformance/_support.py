@@ -34,10 +34,10 @@ _WAIT = 10.0
 _POLL = 0.05
 #: The short TTL used by the time-dependent checks, in milliseconds.
 _TTL_MS = 200
-_E = TypeVar("_E", bound=Exception)
-
 #: Matches the vhost part of a reply text: memory's broker name or RabbitMQ's vhost.
 _VHOST = r"in vhost '[^']*'"
+
+_E = TypeVar("_E", bound=Exception)
 
 
 def _name(kind: str) -> str:
@@ -429,7 +429,7 @@ def _assert_one_death(
 def _assert_not_early(elapsed: float) -> None:
     """Check that what expired after *elapsed* seconds outlived half of ``_TTL_MS``.
 
-    Only a lower bound: brokers expire late, never early.
+    Only a lower bound: a broker may expire late, never early.
     """
     assert elapsed >= _TTL_MS / 2000, (
         f"expired after {elapsed:.3f} s, before half the TTL of {_TTL_MS} ms"
