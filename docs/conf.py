@@ -38,6 +38,8 @@ nitpick_ignore_regex = [
     ("py:.*", r"(bool|int|str|bytes|float|dict|list|tuple|type|object|None)"),
     ("py:.*", r"(BaseException|Exception|ValueError|TypeError)"),
     ("py:.*", r"(AbstractAsyncContextManager|TracebackType|Dispatch|Settler)"),
+    # call signatures (typing.Protocol) described in the prose of their users
+    ("py:.*", r"(WorkerHook|RunWorker)"),
 ]
 html_theme = "alabaster"
 exclude_patterns = ["_build"]

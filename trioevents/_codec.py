@@ -37,8 +37,8 @@ class PayloadCodec:
     Parameters
     ----------
     converter
-        The cattrs converter; a fresh :func:`~trioevents._serialization.make_converter`
-        one by default.
+        The cattrs converter; by default a fresh one configured for JSON event
+        payloads (``trioevents._serialization.make_converter()``).
     max_depth
         ``MAX_JSON_DEPTH``: how deeply JSON arrays and objects may nest.
     max_size

@@ -134,8 +134,8 @@ class ServiceContext:
         The host's :class:`~trioevents.Config`.
     codec
         Encodes and decodes payloads with the host's converter and limits
-        (:meth:`~trioevents._codec.PayloadCodec.decode`,
-        :meth:`~trioevents._codec.PayloadCodec.payload_annotation`).
+        (:meth:`PayloadCodec.decode <trioevents.PayloadCodec.decode>`,
+        :meth:`~trioevents.PayloadCodec.payload_annotation`).
     publisher
         The host's one publish path: ``await publisher.dispatch(...)`` /
         ``publish(...)`` return once the broker confirmed.
@@ -159,7 +159,7 @@ class ServiceContext:
 
     @property
     def prefetch_count(self) -> int:
-        """Unsettled deliveries per consumer: ``PREFETCH_COUNT`` or ``max_workers``."""
+        """How many unsettled deliveries a consumer holds (``PREFETCH_COUNT``, else ``max_workers``)."""
         return self.config.effective_prefetch_count
 
     async def run_worker(

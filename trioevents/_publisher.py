@@ -182,7 +182,7 @@ class Publisher:
         event_data
             The payload, encoded with :attr:`codec`.
         options
-            Checked dispatch options (:func:`check_publish_options`).
+            Dispatch options, already checked (``check_publish_options``).
         headers
             The worker context's headers, or ``None`` for a standalone dispatch.
 
