@@ -193,3 +193,17 @@ class LocalProtocolError(ProtocolError):
 @final
 class RemoteProtocolError(ProtocolError):
     """The peer sent something that breaks the protocol."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Return ``"TypeName: message"`` for *exc*, even if its ``__str__`` fails.
+
+    Exceptions come from user code (handlers, dependencies): formatting one must
+    never raise in the code that handles it.
+    """
+    name = type(exc).__qualname__
+    try:
+        text = str(exc)
+    except Exception as error:  # a broken __str__ of the user's exception
+        text = f"<str() failed: {type(error).__qualname__}>"
+    return f"{name}: {text}" if text else name

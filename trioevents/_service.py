@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from typing import TYPE_CHECKING, Any, final
 
 import trio
@@ -149,11 +150,11 @@ class ServiceBinding:
             headers,
             parent_calls_tracked=self.context.config.parent_calls_tracked,
         )
-        service = self.cls()
         deps = list(self.dependencies.values())
         result: Any = None
         error: BaseException | None = None
         try:
+            service = self.cls()
             for dep in deps:
                 setattr(service, dep.attr_name, dep.get_dependency(ctx))
             for dep in deps:
@@ -171,6 +172,17 @@ class ServiceBinding:
                     )
         except Exception as exc:
             error = exc
+        except trio.Cancelled as exc:
+            if trio.current_effective_deadline() == -math.inf:
+                raise  # our own cancellation (stop, or the connection's scope)
+            # A Cancelled from a scope that is not ours, re-raised by the
+            # handler: no scope of ours would catch it; it is the handler's bug.
+            error = RuntimeError(
+                f"{self.name}.{entrypoint.method_name} raised trio.Cancelled "
+                "without being cancelled (a Cancelled caught in one cancel scope "
+                "and raised outside it)"
+            )
+            error.__cause__ = exc
         for dep in deps:
             try:
                 await dep.worker_result(ctx, result, error)

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import trio
 
-from .._exceptions import EventHandlerConfigurationError, SerializationError
+from .._exceptions import (
+    ChannelClosedByBroker,
+    ConsumerCancelled,
+    EventHandlerConfigurationError,
+    ResourceLocked,
+    SerializationError,
+)
 from .._extensions import Entrypoint
 from ._failure import decide
 from ._outcome import HandlerSite, carry_out
@@ -26,6 +32,7 @@ from ._topology import HandlerType, QueueSpec, declare_event_exchange, handler_q
 
 if TYPE_CHECKING:
     from .. import abc
+    from .._config import Config
     from .._extensions import ConnectionContext
     from .._message import Delivery
 
@@ -145,6 +152,8 @@ class EventHandler(Entrypoint):
             )
         self._consumer: abc.Consumer | None = None
         self._intake = trio.CancelScope()
+        self._stopping = trio.Event()
+        self._received = False
         self._default_identifier = uuid.uuid4().hex
         self._annotation: Any = Any
 
@@ -201,8 +210,10 @@ class EventHandler(Entrypoint):
             self.service.cls, self.method_name
         )
         self._intake = trio.CancelScope()
+        self._stopping = trio.Event()
 
     async def stop(self) -> None:
+        self._stopping.set()
         self._intake.cancel()
         consumer = self._consumer
         if consumer is not None:
@@ -211,8 +222,61 @@ class EventHandler(Entrypoint):
     async def run(
         self, context: ConnectionContext, *, task_status: trio.TaskStatus[None]
     ) -> None:
-        connection = context.connection
-        service = self.service
+        """Declare the queue, consume it, and start a worker per delivery.
+
+        Recovers by itself, with backoff, from what the broker does to one
+        consumer while the connection lives: a queue deleted under it (the
+        broker cancels the consumer: declared again and consumed again), a
+        channel the broker closes (e.g. RabbitMQ's ``consumer_timeout``), and an
+        exclusive queue still held by an earlier connection the broker has not
+        noticed is dead (``RESOURCE_LOCKED``).
+        """
+        config = self.service.config
+        failures = 0
+        started = False
+        while not self._stopping.is_set():
+            try:
+                queue = await self._declare(context.connection)
+            except ResourceLocked as exc:
+                if not self._new_exclusive_queue(exc):
+                    failures += 1
+                    await self._back_off(failures, config)
+                continue
+            if started:
+                ready = None
+            else:
+                ready = task_status.started
+                started = True
+            self._received = False
+            try:
+                await self._consume(context, queue, ready)
+            except ConsumerCancelled as exc:
+                logger.warning(
+                    "%s: the broker cancelled the consumer of %r (%s); declaring "
+                    "the queue again and consuming it again",
+                    self._where,
+                    queue.name,
+                    exc,
+                )
+            except ChannelClosedByBroker as exc:
+                logger.error(
+                    "%s: the broker closed the channel consuming %r: %s; consuming "
+                    "it again%s",
+                    self._where,
+                    queue.name,
+                    exc,
+                    _consumer_timeout_advice(exc),
+                )
+            else:
+                return  # stopped
+            failures = 1 if self._received else failures + 1
+            await self._back_off(failures, config)
+
+    @property
+    def _where(self) -> str:
+        return f"{self.service_name}.{self.method_name}"
+
+    async def _declare(self, connection: abc.Connection) -> QueueSpec:
         queue = self.queue
         exchange = await declare_event_exchange(connection, self.source_service)
         await queue.declare(connection)
@@ -223,9 +287,61 @@ class EventHandler(Entrypoint):
             exchange,
             self.event_type,
         )
+        return queue
+
+    def _new_exclusive_queue(self, exc: ResourceLocked) -> bool:
+        """Handle RESOURCE_LOCKED on our exclusive queue; return whether to retry now.
+
+        The broker still holds an earlier connection of ours that we gave up
+        on (it has not missed enough heartbeats yet). With the default
+        identifier the queue name is ours to change: take a new one. An
+        identifier of the user's own names the same queue again: wait until the
+        broker drops the old connection.
+        """
+        old = self.queue_name
+        if type(self).broadcast_identifier is EventHandler.broadcast_identifier:
+            self._default_identifier = uuid.uuid4().hex
+            logger.warning(
+                "%s: queue %r is still held by an earlier connection (%s); "
+                "consuming a new broadcast queue %r instead",
+                self._where,
+                old,
+                exc,
+                self.queue_name,
+            )
+            return True
+        logger.warning(
+            "%s: queue %r is still held by an earlier connection (%s); waiting "
+            "for the broker to drop it",
+            self._where,
+            old,
+            exc,
+        )
+        return False
+
+    async def _back_off(self, failures: int, config: Config) -> None:
+        delay = min(
+            config.reconnect_delay * 2 ** (failures - 1), config.reconnect_max_delay
+        )
+        with trio.move_on_after(delay):
+            await self._stopping.wait()
+
+    async def _consume(
+        self,
+        context: ConnectionContext,
+        queue: QueueSpec,
+        ready: Callable[[], object] | None,
+    ) -> None:
+        """Consume *queue* until stopped (``_received`` tells if anything came).
+
+        Raises what ends consuming otherwise (e.g. ConsumerCancelled), once the
+        workers of this consumer that can still settle have finished.
+        """
+        connection = context.connection
+        service = self.service
         site = HandlerSite(
             source_service=self.source_service,
-            where=f"{self.service_name}.{self.method_name}",
+            where=self._where,
             queue=queue,
             retry=self.retry,
             connection=connection,
@@ -234,23 +350,22 @@ class EventHandler(Entrypoint):
         limiter = service.limiter
         workers = context.worker_nursery
         self._intake = trio.CancelScope()
+        if self._stopping.is_set():
+            self._intake.cancel()
         async with connection.open_consumer(
             queue.name, prefetch_count=service.prefetch_count
         ) as consumer:
             self._consumer = consumer
-            logger.info(
-                "consuming %r for %s.%s",
-                queue.name,
-                self.service_name,
-                self.method_name,
-            )
+            logger.info("consuming %r for %s", queue.name, self._where)
             in_flight = _InFlight()
             try:
-                task_status.started()
+                if ready is not None:
+                    ready()
                 # stop() cancels the intake only: workers keep running, and a
                 # delivery taken but not started goes back when we close.
                 with self._intake:
                     async for delivery in consumer:
+                        self._received = True
                         # receive() was this iteration's checkpoint: only wait
                         # for the limiter when every worker slot is busy.
                         try:
@@ -259,6 +374,11 @@ class EventHandler(Entrypoint):
                             await limiter.acquire_on_behalf_of(delivery)
                         in_flight.count += 1
                         workers.start_soon(self._handle, site, delivery, in_flight)
+            except ConsumerCancelled:
+                # The channel is still open: let the workers settle on it.
+                await in_flight.wait_idle()
+                raise
+            else:
                 # Stopping: keep the consumer (and so the deliveries' channel)
                 # open until our in-flight workers settled their deliveries.
                 await in_flight.wait_idle()
@@ -302,6 +422,18 @@ class EventHandler(Entrypoint):
             attempt=attempt,
             call_id=outcome.worker_ctx.call_id,
         )
+
+
+def _consumer_timeout_advice(exc: ChannelClosedByBroker) -> str:
+    """Say what to change when RabbitMQ's ``consumer_timeout`` closed the channel."""
+    if exc.reply_code == 406 and "acknowledgement" in exc.reply_text:
+        return (
+            " (a delivery stayed unacked longer than RabbitMQ's consumer_timeout, "
+            "30 min by default: a handler ran too long. Give the handler a "
+            "timeout= shorter than consumer_timeout, or raise consumer_timeout in "
+            "the broker's configuration; its message is redelivered)"
+        )
+    return ""
 
 
 class _InFlight:

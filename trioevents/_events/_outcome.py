@@ -16,12 +16,14 @@ connection went away, the delivery is requeued.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, final
+import math
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 import trio
 
-from .._exceptions import InvalidRequest, TransportError
+from .._connecting import LOST
+from .._exceptions import BrokerUnavailable, InvalidRequest, TransportError
 from ._failure import Ack, DeadLetter, Requeue, Retry
 from ._retry import ORIGINAL_ROUTING_KEY_HEADER, copied_headers, dead_letter_headers
 from ._topology import dead_letter_queue, retry_queue
@@ -34,9 +36,14 @@ if TYPE_CHECKING:
     from ._retry import Backoff
     from ._topology import QueueSpec
 
-__all__ = ["HandlerSite", "carry_out", "event_type_of", "settle"]
+__all__ = ["COPY_RETRY_DELAYS", "HandlerSite", "carry_out", "event_type_of", "settle"]
 
 logger = logging.getLogger("trioevents.events")
+
+#: Seconds before each new try of a copy the broker refused (the last repeats).
+COPY_RETRY_DELAYS: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+#: A refused copy is logged at most once per this many seconds.
+_COPY_LOG_INTERVAL: Final = 60.0
 
 
 @final
@@ -182,6 +189,13 @@ async def _copy_then_ack(
     that (headers too large for an AMQP frame), a copy with a brief error, then
     one with the original headers alone. Only if even that is refused is the
     delivery rejected without requeue: it would fail again.
+
+    If the broker refuses the copy for another reason (the queue is full with
+    ``reject-publish``, permissions forbid it, it exists with other arguments),
+    the delivery is kept, unacked, and the copy tried again after a growing
+    delay (:data:`COPY_RETRY_DELAYS`), logged at most once a minute: never a hot
+    loop, and the handler does not run again. If the connection goes away
+    meanwhile, the delivery is requeued.
     """
     copies = [
         dead_letter_headers(delivery, error, attempt),
@@ -189,40 +203,82 @@ async def _copy_then_ack(
         copied_headers(delivery),
     ]
     what = (event_type_of(delivery), delivery.properties.message_id, queue.name)
-    try:
-        await queue.declare(site.connection)
-        for number, headers in enumerate(copies, 1):
-            properties = attrs.evolve(
-                delivery.properties, headers=headers or None, expiration=None
+    refusals = 0
+    logged_at = -math.inf
+    while True:
+        try:
+            await _copy(delivery, site, queue, copies, what)
+        except InvalidRequest as exc:
+            logger.error(
+                "cannot copy event %r (message id %s) to %r: %s; rejected without "
+                "requeue (dead-lettered only if its queue has a dead-letter exchange)",
+                *what,
+                exc,
             )
-            try:
-                await site.publisher.publish("", queue.name, delivery.body, properties)
-                break
-            except InvalidRequest as exc:
-                if number == len(copies):
-                    raise
-                logger.warning(
-                    "cannot copy event %r (message id %s) to %r with our headers: "
-                    "%s; trying with fewer",
+            await settle(delivery, requeue=False, reject=True)
+            return
+        except (*LOST, BrokerUnavailable) as exc:
+            logger.error(
+                "could not move event %r (message id %s) to %r: %s; requeued",
+                *what,
+                exc,
+            )
+            await settle(delivery, requeue=True, reject=True)
+            return
+        except TransportError as exc:
+            delay = COPY_RETRY_DELAYS[min(refusals, len(COPY_RETRY_DELAYS) - 1)]
+            refusals += 1
+            now = trio.current_time()
+            if now - logged_at >= _COPY_LOG_INTERVAL:
+                logged_at = now
+                logger.error(
+                    "the broker refuses the copy of event %r (message id %s) to %r: "
+                    "%s; the event is kept unacked and the copy tried again in %s s "
+                    "(refused %d time%s so far)",
                     *what,
                     exc,
+                    delay,
+                    refusals,
+                    "" if refusals == 1 else "s",
                 )
-    except InvalidRequest as exc:
-        logger.error(
-            "cannot copy event %r (message id %s) to %r: %s; rejected without "
-            "requeue (dead-lettered only if its queue has a dead-letter exchange)",
+            await trio.sleep(delay)
+            continue
+        break
+    if refusals:
+        logger.warning(
+            "copied event %r (message id %s) to %r after %d refusal%s",
             *what,
-            exc,
+            refusals,
+            "" if refusals == 1 else "s",
         )
-        await settle(delivery, requeue=False, reject=True)
-        return
-    except (TransportError, trio.ClosedResourceError) as exc:
-        logger.error(
-            "could not move event %r (message id %s) to %r: %s; requeued", *what, exc
-        )
-        await settle(delivery, requeue=True, reject=True)
-        return
     await settle(delivery)
+
+
+async def _copy(
+    delivery: Delivery,
+    site: HandlerSite,
+    queue: QueueSpec,
+    copies: list[dict[str, Any]],
+    what: tuple[str, str | None, str],
+) -> None:
+    """Declare *queue* and publish the first of *copies* the broker can take."""
+    await queue.declare(site.connection)
+    for number, headers in enumerate(copies, 1):
+        properties = attrs.evolve(
+            delivery.properties, headers=headers or None, expiration=None
+        )
+        try:
+            await site.publisher.publish("", queue.name, delivery.body, properties)
+            return
+        except InvalidRequest as exc:
+            if number == len(copies):
+                raise
+            logger.warning(
+                "cannot copy event %r (message id %s) to %r with our headers: "
+                "%s; trying with fewer",
+                *what,
+                exc,
+            )
 
 
 async def settle(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
-from .._exceptions import EventHandlerConfigurationError
+from .._exceptions import EventHandlerConfigurationError, describe_exception
 from ._topology import RETRY_INFIX
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ def attempts_so_far(headers: Mapping[str, Any] | None, queue: str) -> int:
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
-    summary = f"{type(error).__qualname__}: {error}"
+    summary = describe_exception(error)
+    # traceback formats an exception whose __str__ fails as such, not raising
     lines = traceback.format_exception(type(error), error, error.__traceback__)
     text = "".join(lines)
     return summary[:1000], text[-_TRACEBACK_LIMIT:]
