@@ -52,10 +52,8 @@ from trioevents.amqp._events import (
     Delivered,
     EOFReceived,
     Event,
-    ExchangeBindOk,
     ExchangeDeclareOk,
     ExchangeDeleteOk,
-    ExchangeUnbindOk,
     HeartbeatReceived,
     Nacked,
     QueueBindOk,
@@ -839,22 +837,6 @@ REQUESTS: list[tuple[str, dict[str, Any], Any, dict[str, Any], Any, Any]] = [
         ExchangeDeleteOk,
     ),
     (
-        "exchange_bind",
-        {"destination": "d", "source": "s", "routing_key": "k"},
-        commands.Exchange.Bind,
-        {"destination": "d", "source": "s", "routing_key": "k"},
-        commands.Exchange.BindOk(),
-        ExchangeBindOk,
-    ),
-    (
-        "exchange_unbind",
-        {"destination": "d", "source": "s", "routing_key": "k"},
-        commands.Exchange.Unbind,
-        {"destination": "d", "source": "s", "routing_key": "k"},
-        commands.Exchange.UnbindOk(),
-        ExchangeUnbindOk,
-    ),
-    (
         "queue_declare",
         {
             "queue": "evt-a-b--c.d",
@@ -1020,16 +1002,6 @@ def test_unexpected_reply_queues_a_connection_close() -> None:
     [
         ("exchange_declare", {"exchange": "x"}, commands.Exchange.DeclareOk()),
         ("exchange_delete", {"exchange": "x"}, commands.Exchange.DeleteOk()),
-        (
-            "exchange_bind",
-            {"destination": "d", "source": "s"},
-            commands.Exchange.BindOk(),
-        ),
-        (
-            "exchange_unbind",
-            {"destination": "d", "source": "s"},
-            commands.Exchange.UnbindOk(),
-        ),
         ("queue_declare", {"queue": "q"}, commands.Queue.DeclareOk("q", 0, 0)),
         ("queue_bind", {"queue": "q", "exchange": "x"}, commands.Queue.BindOk()),
         ("queue_purge", {"queue": "q"}, commands.Queue.PurgeOk(0)),

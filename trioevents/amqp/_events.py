@@ -57,10 +57,8 @@ __all__ = [
     "Delivered",
     "EOFReceived",
     "Event",
-    "ExchangeBindOk",
     "ExchangeDeclareOk",
     "ExchangeDeleteOk",
-    "ExchangeUnbindOk",
     "HeartbeatReceived",
     "Nacked",
     "NeedData",
@@ -315,18 +313,6 @@ class ExchangeDeclareOk(Reply):
 @attrs.frozen
 class ExchangeDeleteOk(Reply):
     """Answer to ``exchange_delete()``."""
-
-
-@final
-@attrs.frozen
-class ExchangeBindOk(Reply):
-    """Answer to ``exchange_bind()``."""
-
-
-@final
-@attrs.frozen
-class ExchangeUnbindOk(Reply):
-    """Answer to ``exchange_unbind()``."""
 
 
 @final

@@ -96,10 +96,8 @@ from ._events import (
     Delivered,
     EOFReceived,
     Event,
-    ExchangeBindOk,
     ExchangeDeclareOk,
     ExchangeDeleteOk,
-    ExchangeUnbindOk,
     HeartbeatReceived,
     Nacked,
     NeedData,
@@ -1469,50 +1467,6 @@ class Connection:
             nowait=nowait,
         )
 
-    def exchange_bind(
-        self,
-        channel: int,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        *,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Bind exchange *destination* to *source*. Answered by :class:`~._events.ExchangeBindOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Exchange.Bind,
-            None if nowait else commands.Exchange.BindOk,
-            destination=destination,
-            source=source,
-            routing_key=routing_key,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-
-    def exchange_unbind(
-        self,
-        channel: int,
-        destination: str,
-        source: str,
-        routing_key: str = "",
-        *,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Unbind exchange *destination* from *source*. Answered by :class:`~._events.ExchangeUnbindOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Exchange.Unbind,
-            None if nowait else commands.Exchange.UnbindOk,
-            destination=destination,
-            source=source,
-            routing_key=routing_key,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-
     def queue_declare(
         self,
         channel: int,
@@ -1908,8 +1862,6 @@ _LENIENT: Final[dict[Callable[..., pamqp_base.Frame], type[pamqp_base.Frame]]] =
     for cls in (
         commands.Exchange.Declare,
         commands.Exchange.Delete,
-        commands.Exchange.Bind,
-        commands.Exchange.Unbind,
         commands.Queue.Declare,
         commands.Queue.Bind,
         commands.Queue.Purge,
@@ -1961,8 +1913,6 @@ def _channel_closed_by_broker(
 _SIMPLE_REPLIES: Final[dict[type[pamqp_base.Frame], Callable[[int], Reply]]] = {
     commands.Exchange.DeclareOk: ExchangeDeclareOk,
     commands.Exchange.DeleteOk: ExchangeDeleteOk,
-    commands.Exchange.BindOk: ExchangeBindOk,
-    commands.Exchange.UnbindOk: ExchangeUnbindOk,
     commands.Queue.BindOk: QueueBindOk,
     commands.Queue.UnbindOk: QueueUnbindOk,
     commands.Basic.QosOk: BasicQosOk,
