@@ -34,12 +34,9 @@ from trioevents.amqp._events import (
     NEED_DATA,
     BasicCancelOk,
     BasicConsumeOk,
-    BasicGetEmpty,
-    BasicGetOk,
     BasicQosOk,
     ChannelClosed,
     ChannelFlow,
-    ChannelFlowOk,
     ChannelOpened,
     Confirmed,
     ConfirmSelectOk,
@@ -477,20 +474,19 @@ def test_send_heartbeat_queues_a_heartbeat_frame() -> None:
     assert conn.data_to_send() == b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
-def test_heartbeat_due_and_silent_peer_follow_the_clock() -> None:
+def test_last_sent_follows_the_clock() -> None:
     clock = FakeClock()
-    conn, broker = handshake(clock=clock, tune=(0, 131072, 10))
+    conn, _ = handshake(clock=clock, tune=(0, 131072, 10))
     assert conn.last_received == conn.last_sent == clock.now
-    assert not conn.heartbeat_due()
-    clock.now += 4.5
-    assert not conn.heartbeat_due()
-    clock.now += 0.5
-    assert conn.heartbeat_due()  # nothing sent for half the interval
+    clock.now += 5
     conn.send_heartbeat()
     conn.data_to_send()
     assert conn.last_sent == clock.now
-    assert not conn.heartbeat_due()
 
+
+def test_silent_peer_follows_the_clock() -> None:
+    clock = FakeClock()
+    conn, broker = handshake(clock=clock, tune=(0, 131072, 10))
     assert not conn.peer_is_silent()
     clock.now += 15
     broker.send((0, pamqp_heartbeat.Heartbeat()))
@@ -507,7 +503,6 @@ def test_no_heartbeats_when_negotiated_off() -> None:
     clock = FakeClock()
     conn, _ = handshake(clock=clock, heartbeat=0, tune=(0, 131072, 0))
     clock.now += 10**6
-    assert not conn.heartbeat_due()
     assert not conn.peer_is_silent()
 
 
@@ -517,7 +512,6 @@ def test_heartbeat_zero_turns_heartbeats_off_whatever_the_broker_proposes() -> N
     conn, _ = handshake(clock=clock, heartbeat=0, tune=(0, 131072, 60))
     assert conn.heartbeat == 0
     clock.now += 10**6
-    assert not conn.heartbeat_due()
     assert not conn.peer_is_silent()
 
 
@@ -783,17 +777,6 @@ def test_flow_from_the_broker_is_answered_and_stops_publishing() -> None:
     conn.basic_publish(channel, "", "q", b"x")
 
 
-def test_channel_flow_request() -> None:
-    conn, broker = handshake()
-    channel = open_channel(conn, broker)
-    conn.channel_flow(channel, True)
-    [(_, flow)] = broker.sent()
-    assert isinstance(flow, commands.Channel.Flow)
-    assert broker.reply(channel, commands.Channel.FlowOk(True)) == ChannelFlowOk(
-        channel, True
-    )
-
-
 def test_requests_on_unknown_channels_raise() -> None:
     conn, broker = handshake()
     with pytest.raises(LocalProtocolError, match="channel 7 is not open"):
@@ -924,14 +907,6 @@ REQUESTS: list[tuple[str, dict[str, Any], Any, dict[str, Any], Any, Any]] = [
         {"consumer_tag": "ctag", "nowait": False},
         commands.Basic.CancelOk("ctag"),
         BasicCancelOk,
-    ),
-    (
-        "basic_get",
-        {"queue": "q"},
-        commands.Basic.Get,
-        {"queue": "q", "no_ack": False},
-        commands.Basic.GetEmpty(),
-        BasicGetEmpty,
     ),
     (
         "confirm_select",
@@ -1382,18 +1357,6 @@ def test_many_messages_in_one_read() -> None:
     ]
 
 
-def test_basic_get_ok_carries_content() -> None:
-    conn, broker = handshake()
-    channel = open_channel(conn, broker)
-    conn.basic_get(channel, "q")
-    method = commands.Basic.GetOk(5, True, "ex", "rk", 3)
-    events = broker.feed(content(channel, method, b"got"))
-    assert events == [
-        BasicGetOk(channel, 5, True, "ex", "rk", 3, NO_PROPERTIES, b"got")
-    ]
-    conn.basic_ack(channel, 5)
-
-
 @pytest.mark.parametrize(
     ("data", "match"),
     [
@@ -1574,12 +1537,9 @@ def test_no_ack_deliveries_cannot_be_acked() -> None:
     conn, broker = handshake()
     channel = open_channel(conn, broker)
     consume(conn, broker, channel, no_ack=True)
-    conn.basic_get(channel, "q", no_ack=True)
     broker.feed(deliver(channel, 1))
-    broker.feed(content(channel, commands.Basic.GetOk(2, False, "", "q", 0), b""))
-    for tag in (1, 2):
-        with pytest.raises(LocalProtocolError):
-            conn.basic_ack(channel, tag)
+    with pytest.raises(LocalProtocolError):
+        conn.basic_ack(channel, 1)
 
 
 def test_delivery_tags_die_with_their_channel() -> None:

@@ -78,12 +78,9 @@ from ._events import (
     NEED_DATA,
     BasicCancelOk,
     BasicConsumeOk,
-    BasicGetEmpty,
-    BasicGetOk,
     BasicQosOk,
     ChannelClosed,
     ChannelFlow,
-    ChannelFlowOk,
     ChannelOpened,
     Confirmed,
     ConfirmSelectOk,
@@ -261,7 +258,7 @@ class _ConfirmTracker:
 class _Content:
     """A content-bearing method whose header and body are still arriving."""
 
-    method: commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk
+    method: commands.Basic.Deliver | commands.Basic.Return
     no_ack: bool
     properties: Properties | None = None
     body_size: int = 0
@@ -654,18 +651,6 @@ class Connection:
         """Queue a heartbeat frame."""
         self._queue(_HEARTBEAT_FRAME)
 
-    def heartbeat_due(self, now: float | None = None) -> bool:
-        """Return whether we should send a heartbeat now.
-
-        True when heartbeats are on and nothing was handed out by
-        :meth:`data_to_send` for half the interval (any frame counts as a sign
-        of life, so a busy connection never needs one).
-        """
-        if not self._heartbeat or self._state is ConnectionState.AWAIT_START:
-            return False
-        now = self._clock() if now is None else now
-        return now - self._last_sent >= self._heartbeat / 2
-
     def peer_is_silent(self, now: float | None = None) -> bool:
         """Return whether the broker sent nothing for twice the heartbeat interval.
 
@@ -1057,10 +1042,7 @@ class Connection:
         if isinstance(method, commands.Basic.Ack | commands.Basic.Nack):
             # Confirms that made it before the close are still good news.
             return self._on_confirm(ch, method)
-        if isinstance(
-            method,
-            commands.Basic.Deliver | commands.Basic.Return | commands.Basic.GetOk,
-        ):
+        if isinstance(method, commands.Basic.Deliver | commands.Basic.Return):
             ch.content = _Content(method, no_ack=True)  # swallow its content
         return None
 
@@ -1094,15 +1076,10 @@ class Connection:
             consumer_tag = method.consumer_tag or ""
             ch.no_ack_consumers.discard(consumer_tag)
             return BasicCancelOk(channel, consumer_tag)
-        if isinstance(method, commands.Basic.GetOk):
-            ch.content = _Content(method, pending.no_ack)
-            return None
         if isinstance(method, commands.Queue.PurgeOk):
             return QueuePurgeOk(channel, method.message_count or 0)
         if isinstance(method, commands.Queue.DeleteOk):
             return QueueDeleteOk(channel, method.message_count or 0)
-        if isinstance(method, commands.Channel.FlowOk):
-            return ChannelFlowOk(channel, bool(method.active))
         return _SIMPLE_REPLIES[type(method)](channel)
 
     def _on_confirm(
@@ -1210,20 +1187,6 @@ class Connection:
                 bool(method.redelivered),
                 method.exchange or "",
                 method.routing_key or "",
-                properties,
-                body,
-            )
-        if isinstance(method, commands.Basic.GetOk):
-            delivery_tag = method.delivery_tag or 0
-            if not content.no_ack:
-                ch.unacked.add(delivery_tag)
-            return BasicGetOk(
-                channel,
-                delivery_tag,
-                bool(method.redelivered),
-                method.exchange or "",
-                method.routing_key or "",
-                method.message_count or 0,
                 properties,
                 body,
             )
@@ -1387,16 +1350,6 @@ class Connection:
         ch.close_args = (reply_code, reply_text, class_id, method_id)
         ch.pending.clear()
         ch.content = None
-
-    def channel_flow(self, channel: int, active: bool) -> None:
-        """Ask the broker to stop or resume deliveries (``Channel.Flow``).
-
-        Answered by :class:`~._events.ChannelFlowOk`. RabbitMQ refuses
-        ``active=False`` (use ``basic_qos`` instead).
-        """
-        self._request(
-            channel, commands.Channel.Flow, commands.Channel.FlowOk, active=active
-        )
 
     def confirm_select(self, channel: int, *, nowait: bool = False) -> None:
         """Put *channel* in confirm mode (``Confirm.Select``).
@@ -1656,19 +1609,6 @@ class Connection:
         if nowait:
             ch.no_ack_consumers.discard(consumer_tag)
 
-    def basic_get(self, channel: int, queue: str, *, no_ack: bool = False) -> None:
-        """Fetch one message from *queue*.
-
-        Answered by :class:`~._events.BasicGetOk` or
-        :class:`~._events.BasicGetEmpty`.
-        """
-        ch = self._usable_channel(channel)
-        data = self._encode(channel, commands.Basic.Get, queue=queue, no_ack=no_ack)
-        self._queue(data)
-        ch.pending.append(
-            _Pending((commands.Basic.GetOk, commands.Basic.GetEmpty), no_ack)
-        )
-
     def basic_publish(
         self,
         channel: int,
@@ -1868,7 +1808,6 @@ _LENIENT: Final[dict[Callable[..., pamqp_base.Frame], type[pamqp_base.Frame]]] =
         commands.Queue.Delete,
         commands.Queue.Unbind,
         commands.Basic.Consume,
-        commands.Basic.Get,
         commands.Basic.Publish,
     )
 }
@@ -1916,6 +1855,5 @@ _SIMPLE_REPLIES: Final[dict[type[pamqp_base.Frame], Callable[[int], Reply]]] = {
     commands.Queue.BindOk: QueueBindOk,
     commands.Queue.UnbindOk: QueueUnbindOk,
     commands.Basic.QosOk: BasicQosOk,
-    commands.Basic.GetEmpty: BasicGetEmpty,
     commands.Confirm.SelectOk: ConfirmSelectOk,
 }
