@@ -45,25 +45,18 @@ Errors follow h11's rule:
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import enum
 import platform
-import struct
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 from pamqp import (
     base as pamqp_base,
     commands,
-    encode as pamqp_encode,
-    exceptions as pamqp_exceptions,
     frame as pamqp_frame,
     header as pamqp_header,
-    heartbeat as pamqp_heartbeat,
 )
 
 from .._exceptions import (
@@ -74,6 +67,13 @@ from .._exceptions import (
 )
 from .._message import NO_PROPERTIES, ExchangeType, Properties
 from .._version import __version__
+from ._codec import (
+    encode_properties,
+    from_field_table,
+    properties_from_pamqp,
+    properties_to_pamqp,
+    to_field_table,
+)
 from ._events import (
     NEED_DATA,
     BasicCancelOk,
@@ -106,11 +106,31 @@ from ._events import (
     Reply,
     Returned,
 )
+from ._frames import (
+    BASIC_CLASS_ID,
+    DECODE_ERRORS,
+    FRAME_BODY,
+    FRAME_CONTENT_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    FRAME_MIN_SIZE,
+    HEARTBEAT_FRAME,
+    PROTOCOL_HEADER,
+    REPLY_NAMES,
+    ReceiveBuffer,
+    Violation,
+    encode_method,
+    frame_message,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from pamqp import common as pamqp_common
 
 __all__ = [
+    "CLIENT_CAPABILITIES",
+    "PROTOCOL_HEADER",
     "ChannelState",
     "Connection",
     "ConnectionState",
@@ -118,32 +138,8 @@ __all__ = [
     "properties_to_pamqp",
 ]
 
-#: The AMQP 0-9-1 protocol header, the first bytes a client sends.
-PROTOCOL_HEADER: Final = pamqp_header.ProtocolHeader().marshal()
-#: The smallest ``frame_max`` a peer may ask for (AMQP 0-9-1, 4.2.1).
-FRAME_MIN_SIZE: Final = 4096
-#: Frame header (type, channel, size) plus the frame-end octet.
-FRAME_OVERHEAD: Final = 8
-
-_FRAME_HEADER: Final = struct.Struct(">BHI")
-_FRAME_METHOD: Final = 1
-_FRAME_HEADER_TYPE: Final = 2
-_FRAME_BODY: Final = 3
-_FRAME_HEARTBEAT: Final = 8
-_FRAME_END: Final = 0xCE
-_FRAME_END_BYTES: Final = b"\xce"
-_HEARTBEAT_FRAME: Final = pamqp_heartbeat.Heartbeat.marshal()
-_BASIC_CLASS_ID: Final = 60
-_COMPACT_AFTER: Final = 65536
+#: How many encoded ``Basic.Publish`` frames to keep (per connection).
 _PUBLISH_CACHE_SIZE: Final = 256
-
-_REPLY_NAMES: Final = {
-    501: "FRAME_ERROR",
-    502: "SYNTAX_ERROR",
-    503: "COMMAND_INVALID",
-    504: "CHANNEL_ERROR",
-    505: "UNEXPECTED_FRAME",
-}
 
 #: What we tell the broker we understand (RabbitMQ's capability names).
 CLIENT_CAPABILITIES: Final[Mapping[str, bool]] = {
@@ -185,15 +181,6 @@ class ChannelState(enum.Enum):
     OPEN = "open"
     #: We sent ``Channel.Close``; the number is reusable after ``Close-Ok``.
     CLOSING = "closing"
-
-
-class _Violation(Exception):
-    """The broker broke AMQP; becomes a RemoteProtocolError in next_event."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
 
 
 @attrs.frozen
@@ -291,181 +278,6 @@ def _negotiate(ours: int, theirs: int) -> int:
 
 
 # --------------------------------------------------------------------------
-# Field tables and properties
-
-
-def _to_field_value(value: object) -> pamqp_common.FieldValue:
-    if value is None or isinstance(
-        value, bool | int | float | str | decimal.Decimal | datetime.datetime
-    ):
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        # pamqp encodes bytearray as a byte array ('x') and refuses bytes.
-        return bytearray(value)
-    if isinstance(value, Mapping):
-        return _to_field_table(value)
-    if isinstance(value, list | tuple):
-        return [_to_field_value(item) for item in value]
-    raise InvalidRequest(
-        f"cannot put a {type(value).__name__} in an AMQP field table: {value!r}"
-    )
-
-
-def _to_field_table(table: Mapping[str, Any]) -> pamqp_common.FieldTable:
-    result: pamqp_common.FieldTable = {}
-    for key, value in table.items():
-        if not isinstance(key, str):
-            raise InvalidRequest(f"field table keys must be str, not {key!r}")
-        if len(key.encode("utf-8")) > 255:
-            raise InvalidRequest(f"field table key longer than 255 bytes: {key!r}")
-        result[key] = _to_field_value(value)
-    return result
-
-
-def _from_field_value(value: Any) -> Any:
-    if isinstance(value, bytearray):
-        return bytes(value)
-    if isinstance(value, dict):
-        return {key: _from_field_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_field_value(item) for item in value]
-    return value
-
-
-def _from_field_table(table: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: _from_field_value(value) for key, value in table.items()}
-
-
-def properties_to_pamqp(properties: Properties) -> commands.Basic.Properties:
-    """Convert :class:`~trioevents.Properties` to pamqp's ``Basic.Properties``.
-
-    Header values may be ``None``, ``bool``, ``int``, ``float``, ``str``,
-    :class:`~decimal.Decimal`, :class:`~datetime.datetime`, bytes-like
-    (sent as an AMQP byte array), mappings and lists / tuples of these.
-
-    pamqp's encoding has a few quirks worth knowing:
-
-    * empty strings are not sent: ``content_type=""`` arrives as ``None``;
-    * a naive ``timestamp`` is taken as UTC and sub-second digits are cut;
-    * a ``float`` header would travel as a 32-bit float (``'f'``); the publish
-      path (``basic_publish``) encodes headers itself and sends 64-bit doubles
-      (``'d'``), as py-amqp does;
-    * ints take the smallest AMQP integer type that holds them.
-
-    Raises
-    ------
-    InvalidRequest
-        A value cannot be encoded.
-    """
-    headers = properties.headers
-    try:
-        return commands.Basic.Properties(
-            content_type=properties.content_type,
-            content_encoding=properties.content_encoding,
-            headers=None if headers is None else _to_field_table(headers),
-            delivery_mode=properties.delivery_mode,
-            priority=properties.priority,
-            correlation_id=properties.correlation_id,
-            reply_to=properties.reply_to,
-            expiration=properties.expiration,
-            message_id=properties.message_id,
-            timestamp=properties.timestamp,
-            message_type=properties.type,
-            user_id=properties.user_id,
-            app_id=properties.app_id,
-        )
-    except ValueError as exc:
-        raise InvalidRequest(f"invalid message properties: {exc}") from exc
-
-
-def properties_from_pamqp(properties: commands.Basic.Properties) -> Properties:
-    """Convert pamqp's ``Basic.Properties`` to :class:`~trioevents.Properties`.
-
-    ``timestamp`` comes back as an aware UTC datetime (pamqp reads values past
-    the year 2106 as milliseconds). Byte arrays in headers come back as
-    :class:`bytes`, and so do long strings that are not valid UTF-8.
-    """
-    headers = properties.headers
-    result = Properties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=None if headers is None else _from_field_table(headers),
-        delivery_mode=properties.delivery_mode,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        expiration=properties.expiration,
-        message_id=properties.message_id,
-        timestamp=properties.timestamp,
-        type=properties.message_type,
-        user_id=properties.user_id,
-        app_id=properties.app_id,
-    )
-    return NO_PROPERTIES if result == NO_PROPERTIES else result
-
-
-def _encode_properties(properties: Properties) -> bytes:
-    if properties is NO_PROPERTIES:
-        return _NO_PROPERTIES_BYTES
-    amqp = properties_to_pamqp(properties)
-    headers = amqp.headers
-    try:
-        if not headers:
-            return amqp.marshal()
-        # pamqp sends every float as a 32-bit 'f'; py-amqp (kombu, nameko) and
-        # RabbitMQ's own x-death use 64-bit 'd'. So the headers table is encoded
-        # here and spliced in after content_type and content_encoding.
-        amqp.headers = None
-        data = amqp.marshal()
-        table = _marshal_table(headers)
-    except (TypeError, ValueError, struct.error) as exc:
-        raise InvalidRequest(f"cannot encode message properties: {exc}") from exc
-    (flags,) = _PROPERTY_FLAGS.unpack_from(data)
-    offset = _PROPERTY_FLAGS.size
-    for value in (amqp.content_type, amqp.content_encoding):
-        if value:  # pamqp leaves out None and ""
-            offset += 1 + len(value.encode("utf-8"))
-    return b"".join(
-        (
-            _PROPERTY_FLAGS.pack(flags | _HEADERS_FLAG),
-            data[_PROPERTY_FLAGS.size : offset],
-            table,
-            data[offset:],
-        )
-    )
-
-
-_PROPERTY_FLAGS: Final = struct.Struct(">H")
-#: The property flag of ``headers`` (the third property: bit 13).
-_HEADERS_FLAG: Final = 1 << 13
-_DOUBLE: Final = struct.Struct(">d")
-_LONG: Final = struct.Struct(">I")
-
-
-def _marshal_value(value: Any) -> bytes:
-    if isinstance(value, float):
-        return b"d" + _DOUBLE.pack(value)
-    if isinstance(value, dict):
-        return b"F" + _marshal_table(value)
-    if isinstance(value, list):
-        items = b"".join(_marshal_value(item) for item in value)
-        return b"A" + _LONG.pack(len(items)) + items
-    return pamqp_encode.encode_table_value(value)
-
-
-def _marshal_table(table: Mapping[str, Any]) -> bytes:
-    """Encode a field table as pamqp does, except floats (as doubles, ``'d'``)."""
-    items = b"".join(
-        pamqp_encode.short_string(key) + _marshal_value(value)
-        for key, value in table.items()
-    )
-    return _LONG.pack(len(items)) + items
-
-
-_NO_PROPERTIES_BYTES: Final = commands.Basic.Properties().marshal()
-
-
-# --------------------------------------------------------------------------
 # The connection
 
 
@@ -551,7 +363,7 @@ class Connection:
             else:
                 props[key] = value
         props["capabilities"] = capabilities
-        self._client_properties = _to_field_table(props)
+        self._client_properties = to_field_table(props, "client_properties")
         self._username = username
         self._password = password
         self._virtual_host = virtual_host
@@ -575,8 +387,7 @@ class Connection:
         #: Encoded Basic.Publish frames: a service publishes to few places.
         self._publish_frames: dict[tuple[int, str, str, bool, bool], bytes] = {}
 
-        self._inbuf = bytearray()
-        self._inpos = 0
+        self._received = ReceiveBuffer()
         self._eof = False
         self._out: list[bytes | memoryview] = [PROTOCOL_HEADER]
         self._out_len = len(PROTOCOL_HEADER)
@@ -649,7 +460,7 @@ class Connection:
 
     def send_heartbeat(self) -> None:
         """Queue a heartbeat frame."""
-        self._queue(_HEARTBEAT_FRAME)
+        self._queue(HEARTBEAT_FRAME)
 
     def peer_is_silent(self, now: float | None = None) -> bool:
         """Return whether the broker sent nothing for twice the heartbeat interval.
@@ -696,7 +507,7 @@ class Connection:
         if not data:
             self._eof = True
             return
-        self._inbuf += data
+        self._received.feed(data)
         self._last_received = self._clock()
 
     def next_event(self) -> Event | NeedData:
@@ -722,14 +533,17 @@ class Connection:
             raise RemoteProtocolError(
                 f"the connection failed earlier: {self._error}"
             ) from self._error
+        received = self._received
         try:
             while True:
-                frame = self._read_frame()
+                frame = received.next_frame(
+                    self._frame_max, self._state is ConnectionState.AWAIT_START
+                )
                 if frame is None:
                     if self._eof:
-                        incomplete = len(self._inbuf) > self._inpos
+                        incomplete = received.has_partial_frame
                         if incomplete and self._state is not ConnectionState.CLOSED:
-                            raise _Violation(
+                            raise Violation(
                                 501, "end of stream in the middle of a frame"
                             )
                         return EOFReceived()
@@ -737,9 +551,9 @@ class Connection:
                 event = self._handle_frame(*frame)
                 if event is not None:
                     return event
-        except _Violation as exc:
+        except Violation as exc:
             error = RemoteProtocolError(
-                f"{exc.code} {_REPLY_NAMES.get(exc.code, '')} - {exc.text}"
+                f"{exc.code} {REPLY_NAMES.get(exc.code, '')} - {exc.text}"
             )
             self._fail(error, exc.code, exc.text)
             raise error from None
@@ -752,7 +566,7 @@ class Connection:
             ConnectionState.AWAIT_OPEN_OK,
             ConnectionState.OPEN,
         ):
-            reply_text = f"{_REPLY_NAMES.get(code, '')} - {text}"
+            reply_text = f"{REPLY_NAMES.get(code, '')} - {text}"
             reply_text = reply_text.encode("utf-8")[:255].decode("utf-8", "ignore")
             self._queue(
                 pamqp_frame.marshal(
@@ -768,84 +582,34 @@ class Connection:
         self._out_len += len(data)
 
     # ------------------------------------------------------------------
-    # Reading frames
-
-    def _read_frame(self) -> tuple[int, int, bytes] | None:
-        """Cut the next whole frame out of the input buffer.
-
-        Returns ``(type, channel, data)``: for body frames *data* is the
-        payload, for other frames the whole frame (what pamqp unmarshals).
-        """
-        buf = self._inbuf
-        pos = self._inpos
-        available = len(buf) - pos
-        if available < 7:
-            return None
-        if buf[pos] == 0x41 and self._state is ConnectionState.AWAIT_START:  # "A"
-            if available < 8:
-                return None
-            offered = bytes(buf[pos : pos + 8])
-            raise BrokerUnavailable(
-                f"the broker does not speak AMQP 0-9-1; it offers {offered!r}"
-            )
-        frame_type, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
-        if size + FRAME_OVERHEAD > self._frame_max:
-            raise _Violation(
-                501,
-                f"frame of {size + FRAME_OVERHEAD} bytes > frame_max {self._frame_max}",
-            )
-        end = pos + size + FRAME_OVERHEAD
-        if len(buf) < end:
-            return None
-        if buf[end - 1] != _FRAME_END:
-            raise _Violation(501, f"bad frame end octet {buf[end - 1]:#04x}")
-        if frame_type == _FRAME_BODY:
-            data = bytes(buf[pos + 7 : end - 1])
-        else:
-            data = bytes(buf[pos:end])
-        if end == len(buf):
-            buf.clear()
-            self._inpos = 0
-        elif end > _COMPACT_AFTER:
-            del buf[:end]
-            self._inpos = 0
-        else:
-            self._inpos = end
-        return frame_type, channel, data
+    # Frames
 
     def _handle_frame(self, frame_type: int, channel: int, data: bytes) -> Event | None:
-        if frame_type == _FRAME_HEARTBEAT:
+        if frame_type == FRAME_HEARTBEAT:
             if channel != 0:
-                raise _Violation(501, f"heartbeat frame on channel {channel}")
+                raise Violation(501, f"heartbeat frame on channel {channel}")
             return HeartbeatReceived()
         state = self._state
         if state is ConnectionState.CLOSED:
             return None  # the close handshake is over; ignore stragglers
-        if frame_type == _FRAME_BODY:
+        if frame_type == FRAME_BODY:
             return self._on_body(channel, data)
-        if frame_type not in (_FRAME_METHOD, _FRAME_HEADER_TYPE):
-            raise _Violation(501, f"unknown frame type {frame_type}")
+        if frame_type not in (FRAME_METHOD, FRAME_CONTENT_HEADER):
+            raise Violation(501, f"unknown frame type {frame_type}")
         try:
             _, _, value = pamqp_frame.unmarshal(data)
-        except (
-            pamqp_exceptions.UnmarshalingException,
-            ValueError,
-            struct.error,
-            IndexError,
-            KeyError,
-            TypeError,
-        ) as exc:
-            raise _Violation(502, f"cannot decode frame: {exc}") from None
+        except DECODE_ERRORS as exc:
+            raise Violation(502, f"cannot decode frame: {exc}") from None
         if isinstance(value, pamqp_header.ContentHeader):
             return self._on_header(channel, value)
         if not isinstance(value, pamqp_base.Frame):  # pragma: no cover - by type
-            raise _Violation(501, f"unexpected {type(value).__name__}")
+            raise Violation(501, f"unexpected {type(value).__name__}")
         if channel == 0:
             return self._on_connection_method(value)
         if state is not ConnectionState.OPEN:
             if state is ConnectionState.CLOSING:
                 return None  # discard everything but Close / Close-Ok
-            raise _Violation(504, f"{value.name} on channel {channel} before open")
+            raise Violation(504, f"{value.name} on channel {channel} before open")
         return self._on_channel_method(channel, value)
 
     # ------------------------------------------------------------------
@@ -889,10 +653,10 @@ class Connection:
                 self._blocked = None
                 return ConnectionUnblocked()
         elif isinstance(method, commands.Connection.Secure):
-            raise _Violation(
+            raise Violation(
                 503, f"Connection.Secure is not used by {self._auth_mechanism}"
             )
-        raise _Violation(505, f"unexpected {method.name} on channel 0 ({state.value})")
+        raise Violation(505, f"unexpected {method.name} on channel 0 ({state.value})")
 
     def _on_start(self, method: commands.Connection.Start) -> None:
         if (method.version_major, method.version_minor) != (0, 9):
@@ -913,7 +677,7 @@ class Connection:
             if self._auth_mechanism == "PLAIN"
             else ""
         )
-        self._server_properties = _from_field_table(method.server_properties or {})
+        self._server_properties = from_field_table(method.server_properties or {})
         start_ok = commands.Connection.StartOk(
             client_properties=self._client_properties,
             mechanism=self._auth_mechanism,
@@ -926,7 +690,7 @@ class Connection:
     def _on_tune(self, method: commands.Connection.Tune) -> ConnectionTuned:
         frame_max = _negotiate(self._frame_max_wanted, method.frame_max)
         if frame_max < FRAME_MIN_SIZE:
-            raise _Violation(
+            raise Violation(
                 501,
                 f"frame_max {method.frame_max} is below the minimum {FRAME_MIN_SIZE}",
             )
@@ -977,11 +741,11 @@ class Connection:
     ) -> Event | None:
         ch = self._channels.get(channel)
         if ch is None:
-            raise _Violation(
+            raise Violation(
                 504, f"{method.name} on channel {channel}, which is not open"
             )
         if ch.content is not None:
-            raise _Violation(
+            raise Violation(
                 505, f"{method.name} on channel {channel} in the middle of a message"
             )
         if ch.state is ChannelState.CLOSING:
@@ -1016,7 +780,7 @@ class Connection:
         expected = (
             " or ".join(r.name for r in pending[0].replies) if pending else "nothing"
         )
-        raise _Violation(
+        raise Violation(
             505, f"unexpected {method.name} on channel {channel} (expected {expected})"
         )
 
@@ -1086,14 +850,14 @@ class Connection:
         self, ch: _Channel, method: commands.Basic.Ack | commands.Basic.Nack
     ) -> Event | None:
         if ch.confirms is None:
-            raise _Violation(
+            raise Violation(
                 505,
                 f"{method.name} on channel {ch.number}, which is not in confirm mode",
             )
         tag = method.delivery_tag or 0
         tags = ch.confirms.settle(tag, bool(method.multiple))
         if tags is None:
-            raise _Violation(
+            raise Violation(
                 505,
                 f"{method.name} for unknown publish tag {tag} on channel {ch.number}",
             )
@@ -1111,14 +875,14 @@ class Connection:
         if ch is None:
             if self._state is ConnectionState.CLOSING:
                 return None
-            raise _Violation(504, f"{what} on channel {channel}, which is not open")
+            raise Violation(504, f"{what} on channel {channel}, which is not open")
         return ch
 
     def _on_header(
         self, channel: int, value: pamqp_header.ContentHeader
     ) -> Event | None:
         if channel == 0:
-            raise _Violation(504, "content header on channel 0")
+            raise Violation(504, "content header on channel 0")
         ch = self._content_channel(channel, "content header")
         if ch is None:
             return None
@@ -1126,14 +890,14 @@ class Connection:
         if content is None:
             if ch.state is ChannelState.CLOSING:
                 return None
-            raise _Violation(
+            raise Violation(
                 505, f"content header on channel {channel} without a method"
             )
         if content.properties is not None:
-            raise _Violation(505, f"second content header on channel {channel}")
+            raise Violation(505, f"second content header on channel {channel}")
         class_id: object = value.class_id  # pamqp declares it None
-        if class_id != _BASIC_CLASS_ID:
-            raise _Violation(505, f"content header of class {class_id}")
+        if class_id != BASIC_CLASS_ID:
+            raise Violation(505, f"content header of class {class_id}")
         content.properties = properties_from_pamqp(value.properties)
         content.body_size = value.body_size
         if value.body_size == 0:
@@ -1142,7 +906,7 @@ class Connection:
 
     def _on_body(self, channel: int, data: bytes) -> Event | None:
         if channel == 0:
-            raise _Violation(504, "content body on channel 0")
+            raise Violation(504, "content body on channel 0")
         ch = self._content_channel(channel, "content body")
         if ch is None:
             return None
@@ -1150,10 +914,10 @@ class Connection:
         if content is None or content.properties is None:
             if ch.state is ChannelState.CLOSING and content is None:
                 return None
-            raise _Violation(505, f"content body on channel {channel} without a header")
+            raise Violation(505, f"content body on channel {channel} without a header")
         content.received += len(data)
         if content.received > content.body_size:
-            raise _Violation(
+            raise Violation(
                 501,
                 f"content body on channel {channel} longer than the announced "
                 f"{content.body_size} bytes",
@@ -1219,19 +983,7 @@ class Connection:
     def _encode(
         self, channel: int, factory: Callable[..., pamqp_base.Frame], **kwargs: Any
     ) -> bytes:
-        try:
-            method = _LENIENT.get(factory, factory)(**kwargs)
-            data = pamqp_frame.marshal(method, channel)
-        except (TypeError, ValueError, struct.error) as exc:
-            raise InvalidRequest(
-                f"cannot encode {factory.__qualname__}: {exc}"
-            ) from exc
-        if len(data) > self._frame_max:
-            raise LocalProtocolError(
-                f"{method.name} needs a frame of {len(data)} bytes "
-                f"> frame_max {self._frame_max}"
-            )
-        return data
+        return encode_method(channel, self._frame_max, factory, **kwargs)
 
     def _request(
         self,
@@ -1671,31 +1423,11 @@ class Connection:
             if len(self._publish_frames) >= _PUBLISH_CACHE_SIZE:
                 self._publish_frames.clear()
             self._publish_frames[key] = method
-        size = len(view)
-        header_payload = struct.pack(
-            ">HHQ", _BASIC_CLASS_ID, 0, size
-        ) + _encode_properties(properties)
-        if len(header_payload) + FRAME_OVERHEAD > self._frame_max:
-            raise LocalProtocolError(
-                f"the message properties need a frame of "
-                f"{len(header_payload) + FRAME_OVERHEAD} bytes > frame_max {self._frame_max}"
-            )
-        pack = _FRAME_HEADER.pack
-        parts: list[bytes | memoryview] = [
-            method,
-            pack(_FRAME_HEADER_TYPE, channel, len(header_payload)),
-            header_payload,
-            _FRAME_END_BYTES,
-        ]
-        step = self._frame_max - FRAME_OVERHEAD
-        for offset in range(0, size, step):
-            chunk = view[offset : offset + step]
-            parts.append(pack(_FRAME_BODY, channel, len(chunk)))
-            parts.append(chunk)
-            parts.append(_FRAME_END_BYTES)
+        parts, size = frame_message(
+            channel, method, encode_properties(properties), view, self._frame_max
+        )
         self._out.extend(parts)
-        self._out_len += len(method) + len(header_payload) + FRAME_OVERHEAD
-        self._out_len += size + FRAME_OVERHEAD * -(-size // step)
+        self._out_len += size
         confirms = ch.confirms
         return None if confirms is None else confirms.publish()
 
@@ -1774,45 +1506,6 @@ class Connection:
         ch.unacked.difference_update(tags)
 
 
-def _skip_validation(self: pamqp_base.Frame) -> None:
-    """Accept any name; the short-string encoding still refuses over 255 bytes."""
-
-
-def _lenient(cls: type[pamqp_base.Frame]) -> type[pamqp_base.Frame]:
-    """Return a subclass of *cls* without pamqp's name checks.
-
-    pamqp enforces the AMQP grammar for names (at most 127 characters for an
-    exchange, only ``[a-zA-Z0-9-_.:@#,/+ ]``), on construction and again in
-    ``marshal()``. RabbitMQ takes any UTF-8 name of up to 255 bytes, and so do
-    trioevents and nameko (e.g. a queue named after a wildcard binding key,
-    ``evt-src-order.*--svc.method``). The subclass leaves ``__slots__`` alone:
-    pamqp encodes the attributes it lists.
-    """
-    namespace = {
-        "validate": _skip_validation,
-        "__module__": cls.__module__,
-        "__qualname__": cls.__qualname__,
-    }
-    return type(cls.__name__, (cls,), namespace)
-
-
-#: Requests that carry exchange or queue names, built without pamqp's checks.
-_LENIENT: Final[dict[Callable[..., pamqp_base.Frame], type[pamqp_base.Frame]]] = {
-    cls: _lenient(cls)
-    for cls in (
-        commands.Exchange.Declare,
-        commands.Exchange.Delete,
-        commands.Queue.Declare,
-        commands.Queue.Bind,
-        commands.Queue.Purge,
-        commands.Queue.Delete,
-        commands.Queue.Unbind,
-        commands.Basic.Consume,
-        commands.Basic.Publish,
-    )
-}
-
-
 def _settle_deliveries(ch: _Channel, delivery_tag: int, multiple: bool) -> list[int]:
     unacked = ch.unacked
     if multiple and delivery_tag == 0:
@@ -1827,7 +1520,7 @@ def _settle_deliveries(ch: _Channel, delivery_tag: int, multiple: bool) -> list[
 
 
 def _arguments(arguments: Mapping[str, Any] | None) -> pamqp_common.FieldTable | None:
-    return None if arguments is None else _to_field_table(arguments)
+    return None if arguments is None else to_field_table(arguments)
 
 
 def _words(value: str | bytes) -> list[str]:
