@@ -46,7 +46,6 @@ Errors follow h11's rule:
 from __future__ import annotations
 
 import enum
-import platform
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -66,7 +65,6 @@ from .._exceptions import (
     RemoteProtocolError,
 )
 from .._message import NO_PROPERTIES, ExchangeType, Properties
-from .._version import __version__
 from ._codec import (
     encode_properties,
     from_field_table,
@@ -113,7 +111,6 @@ from ._frames import (
     FRAME_CONTENT_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
-    FRAME_MIN_SIZE,
     HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
     REPLY_NAMES,
@@ -122,6 +119,7 @@ from ._frames import (
     encode_method,
     frame_message,
 )
+from ._handshake import CLIENT_CAPABILITIES, Handshake
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -140,17 +138,6 @@ __all__ = [
 
 #: How many encoded ``Basic.Publish`` frames to keep (per connection).
 _PUBLISH_CACHE_SIZE: Final = 256
-
-#: What we tell the broker we understand (RabbitMQ's capability names).
-CLIENT_CAPABILITIES: Final[Mapping[str, bool]] = {
-    "authentication_failure_close": True,
-    "basic.nack": True,
-    "connection.blocked": True,
-    "consumer_cancel_notify": True,
-    "exchange_exchange_bindings": True,
-    "per_consumer_qos": True,
-    "publisher_confirms": True,
-}
 
 
 class ConnectionState(enum.Enum):
@@ -270,13 +257,6 @@ class _Channel:
     close_reported: bool = False
 
 
-def _negotiate(ours: int, theirs: int) -> int:
-    """Take the lower non-zero value; 0 only if both are 0."""
-    if ours and theirs:
-        return min(ours, theirs)
-    return ours or theirs
-
-
 # --------------------------------------------------------------------------
 # The connection
 
@@ -293,29 +273,9 @@ class Connection:
 
     Parameters
     ----------
-    username, password
-        Credentials for the ``PLAIN`` mechanism.
-    virtual_host
-        The virtual host to open.
-    auth_mechanism
-        ``"PLAIN"`` (username and password) or ``"EXTERNAL"`` (the TLS client
-        certificate; RabbitMQ's ``rabbitmq_auth_mechanism_ssl``).
-    heartbeat
-        The heartbeat interval we ask for, in seconds. The lower non-zero value
-        of ours and the broker's wins; ``0`` turns heartbeats off whatever the
-        broker proposes (py-amqp's rule, so nameko's ``HEARTBEAT: 0`` carries
-        over).
-    frame_max
-        The largest frame we accept, in bytes (at least 4096); the lower of
-        ours and the broker's wins.
-    channel_max
-        The highest channel number we will use; the lower non-zero value of
-        ours and the broker's wins (``0`` on both sides means 65535).
-    client_properties
-        Extra client properties, e.g. ``{"connection_name": "orders"}``. Keys
-        override ours, except ``capabilities``, which is merged into ours.
-    locale
-        The locale to ask for, if the broker offers it.
+    username, password, virtual_host, auth_mechanism, heartbeat, frame_max, channel_max, client_properties, locale
+        What to ask for in the handshake; see :class:`~._handshake.Handshake`,
+        which also says how each limit is negotiated.
     clock
         Returns the current time in seconds; :attr:`last_received` and
         :attr:`last_sent` are measured with it (pass ``trio.current_time``).
@@ -340,40 +300,18 @@ class Connection:
         locale: str = "en_US",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if auth_mechanism not in ("PLAIN", "EXTERNAL"):
-            raise InvalidRequest(f"unsupported auth mechanism {auth_mechanism!r}")
-        if not 0 <= heartbeat <= 65535:
-            raise InvalidRequest(f"heartbeat must be 0..65535, not {heartbeat}")
-        if not FRAME_MIN_SIZE <= frame_max <= 0xFFFFFFFF:
-            raise InvalidRequest(f"frame_max must be 4096..2**32-1, not {frame_max}")
-        if not 0 <= channel_max <= 65535:
-            raise InvalidRequest(f"channel_max must be 0..65535, not {channel_max}")
-        if len(virtual_host.encode("utf-8")) > 127:
-            raise InvalidRequest("virtual_host is longer than 127 bytes")
-        capabilities = dict(CLIENT_CAPABILITIES)
-        props: dict[str, Any] = {
-            "product": "trioevents",
-            "version": __version__,
-            "platform": f"Python {platform.python_version()}",
-            "information": "https://pypi.org/project/trioevents/",
-        }
-        for key, value in (client_properties or {}).items():
-            if key == "capabilities":
-                capabilities.update(value)
-            else:
-                props[key] = value
-        props["capabilities"] = capabilities
-        self._client_properties = to_field_table(props, "client_properties")
-        self._username = username
-        self._password = password
-        self._virtual_host = virtual_host
-        self._auth_mechanism = auth_mechanism
-        self._locale = locale
+        self._handshake = Handshake(
+            username=username,
+            password=password,
+            virtual_host=virtual_host,
+            auth_mechanism=auth_mechanism,
+            heartbeat=heartbeat,
+            frame_max=frame_max,
+            channel_max=channel_max,
+            client_properties=client_properties,
+            locale=locale,
+        )
         self._clock = clock
-
-        self._heartbeat_wanted = heartbeat
-        self._frame_max_wanted = frame_max
-        self._channel_max_wanted = channel_max
         self._heartbeat = heartbeat
         self._frame_max = frame_max
         self._channel_max = channel_max or 65535
@@ -654,66 +592,24 @@ class Connection:
                 return ConnectionUnblocked()
         elif isinstance(method, commands.Connection.Secure):
             raise Violation(
-                503, f"Connection.Secure is not used by {self._auth_mechanism}"
+                503,
+                f"Connection.Secure is not used by {self._handshake.auth_mechanism}",
             )
         raise Violation(505, f"unexpected {method.name} on channel 0 ({state.value})")
 
     def _on_start(self, method: commands.Connection.Start) -> None:
-        if (method.version_major, method.version_minor) != (0, 9):
-            raise BrokerUnavailable(
-                f"the broker speaks AMQP {method.version_major}-{method.version_minor}, "
-                "not 0-9-1"
-            )
-        mechanisms = _words(method.mechanisms)
-        if self._auth_mechanism not in mechanisms:
-            raise BrokerUnavailable(
-                f"the broker offers the SASL mechanisms {mechanisms}, "
-                f"not {self._auth_mechanism}"
-            )
-        locales = _words(method.locales)
-        locale = self._locale if self._locale in locales or not locales else locales[0]
-        response = (
-            f"\0{self._username}\0{self._password}"
-            if self._auth_mechanism == "PLAIN"
-            else ""
-        )
+        start_ok = self._handshake.start_ok(method)
         self._server_properties = from_field_table(method.server_properties or {})
-        start_ok = commands.Connection.StartOk(
-            client_properties=self._client_properties,
-            mechanism=self._auth_mechanism,
-            response=response,
-            locale=locale,
-        )
         self._queue(pamqp_frame.marshal(start_ok, 0))
         self._state = ConnectionState.AWAIT_TUNE
 
     def _on_tune(self, method: commands.Connection.Tune) -> ConnectionTuned:
-        frame_max = _negotiate(self._frame_max_wanted, method.frame_max)
-        if frame_max < FRAME_MIN_SIZE:
-            raise Violation(
-                501,
-                f"frame_max {method.frame_max} is below the minimum {FRAME_MIN_SIZE}",
-            )
-        self._frame_max = frame_max
-        self._channel_max = (
-            _negotiate(self._channel_max_wanted, method.channel_max) or 65535
-        )
-        # 0 from us turns heartbeats off whatever the broker proposes (py-amqp's
-        # and so nameko's rule for HEARTBEAT=0); otherwise the lower non-zero wins.
-        self._heartbeat = (
-            _negotiate(self._heartbeat_wanted, method.heartbeat)
-            if self._heartbeat_wanted
-            else 0
-        )
-        tune_ok = commands.Connection.TuneOk(
-            channel_max=self._channel_max,
-            frame_max=self._frame_max,
-            heartbeat=self._heartbeat,
-        )
+        tune_ok = self._handshake.tune_ok(method)
+        self._channel_max = tune_ok.channel_max
+        self._frame_max = tune_ok.frame_max
+        self._heartbeat = tune_ok.heartbeat
         self._queue(pamqp_frame.marshal(tune_ok, 0))
-        self._queue(
-            pamqp_frame.marshal(commands.Connection.Open(self._virtual_host), 0)
-        )
+        self._queue(pamqp_frame.marshal(self._handshake.open(), 0))
         self._state = ConnectionState.AWAIT_OPEN_OK
         return ConnectionTuned(self._channel_max, self._frame_max, self._heartbeat)
 
@@ -1521,12 +1417,6 @@ def _settle_deliveries(ch: _Channel, delivery_tag: int, multiple: bool) -> list[
 
 def _arguments(arguments: Mapping[str, Any] | None) -> pamqp_common.FieldTable | None:
     return None if arguments is None else to_field_table(arguments)
-
-
-def _words(value: str | bytes) -> list[str]:
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    return value.split()
 
 
 def _channel_closed_by_broker(
