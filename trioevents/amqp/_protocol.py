@@ -1,4 +1,4 @@
-"""A sans-IO AMQP 0-9-1 client: connection and channel state machines over pamqp.
+"""A sans-IO AMQP 0-9-1 client: the connection that ties the protocol together.
 
 :class:`Connection` owns no socket and no clock of its own. The I/O layer feeds
 it the bytes it reads (:meth:`Connection.receive_data`), pulls events out of it
@@ -45,12 +45,9 @@ Errors follow h11's rule:
 
 from __future__ import annotations
 
-import enum
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
-import attrs
 from pamqp import (
     base as pamqp_base,
     commands,
@@ -65,6 +62,7 @@ from .._exceptions import (
     RemoteProtocolError,
 )
 from .._message import NO_PROPERTIES, ExchangeType, Properties
+from ._channel import Channel, Pending
 from ._codec import (
     encode_properties,
     from_field_table,
@@ -74,38 +72,15 @@ from ._codec import (
 )
 from ._events import (
     NEED_DATA,
-    BasicCancelOk,
-    BasicConsumeOk,
-    BasicQosOk,
-    ChannelClosed,
-    ChannelFlow,
-    ChannelOpened,
-    Confirmed,
-    ConfirmSelectOk,
     ConnectionBlocked,
     ConnectionClosed,
     ConnectionOpened,
     ConnectionTuned,
     ConnectionUnblocked,
-    ConsumerCancelledByBroker,
-    Delivered,
     EOFReceived,
-    Event,
-    ExchangeDeclareOk,
-    ExchangeDeleteOk,
     HeartbeatReceived,
-    Nacked,
-    NeedData,
-    QueueBindOk,
-    QueueDeclareOk,
-    QueueDeleteOk,
-    QueuePurgeOk,
-    QueueUnbindOk,
-    Reply,
-    Returned,
 )
 from ._frames import (
-    BASIC_CLASS_ID,
     DECODE_ERRORS,
     FRAME_BODY,
     FRAME_CONTENT_HEADER,
@@ -120,11 +95,20 @@ from ._frames import (
     frame_message,
 )
 from ._handshake import CLIENT_CAPABILITIES, Handshake
+from ._state import (
+    CLOSABLE,
+    CONNECTION_TRANSITIONS,
+    REQUEST_STATES,
+    ChannelState,
+    ConnectionState,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from pamqp import common as pamqp_common
+
+    from ._events import Event, NeedData
 
 __all__ = [
     "CLIENT_CAPABILITIES",
@@ -137,128 +121,7 @@ __all__ = [
 ]
 
 #: How many encoded ``Basic.Publish`` frames to keep (per connection).
-_PUBLISH_CACHE_SIZE: Final = 256
-
-
-class ConnectionState(enum.Enum):
-    """Where a :class:`Connection` is in its life."""
-
-    #: The protocol header is queued; waiting for ``Connection.Start``.
-    AWAIT_START = "await_start"
-    #: ``Start-Ok`` is queued; waiting for ``Connection.Tune``.
-    AWAIT_TUNE = "await_tune"
-    #: ``Tune-Ok`` and ``Open`` are queued; waiting for ``Connection.Open-Ok``.
-    AWAIT_OPEN_OK = "await_open_ok"
-    #: Open for channels.
-    OPEN = "open"
-    #: We sent ``Connection.Close``; waiting for ``Close-Ok``.
-    CLOSING = "closing"
-    #: The close handshake is over; only the socket is left to close.
-    CLOSED = "closed"
-    #: The broker broke the protocol; see :meth:`Connection.next_event`.
-    ERROR = "error"
-
-
-class ChannelState(enum.Enum):
-    """Where a channel is in its life. A closed channel has no state."""
-
-    #: ``Channel.Open`` sent; requests may already be pipelined behind it.
-    OPENING = "opening"
-    #: ``Channel.Open-Ok`` received.
-    OPEN = "open"
-    #: We sent ``Channel.Close``; the number is reusable after ``Close-Ok``.
-    CLOSING = "closing"
-
-
-@attrs.frozen
-class _Pending:
-    """A request waiting for its reply on a channel."""
-
-    replies: tuple[type[pamqp_base.Frame], ...]
-    no_ack: bool = False
-
-
-@attrs.define
-class _ConfirmTracker:
-    """The unconfirmed publish tags of a channel in confirm mode.
-
-    Tags are handed out in order, so the unconfirmed tags are
-    ``range(low, next) - done``: ``done`` only holds tags confirmed out of
-    order, which keeps every operation cheap however many are in flight.
-    """
-
-    low: int = 1
-    next: int = 1
-    done: set[int] = attrs.Factory(set)
-
-    def publish(self) -> int:
-        tag = self.next
-        self.next += 1
-        return tag
-
-    @property
-    def outstanding(self) -> int:
-        return self.next - self.low - len(self.done)
-
-    def settle(self, tag: int, multiple: bool) -> tuple[int, ...] | None:
-        """Settle *tag*; return the newly settled tags or None if invalid."""
-        if multiple:
-            upto = self.next - 1 if tag == 0 else tag
-            if upto >= self.next:
-                return None
-            if upto < self.low:
-                return ()
-            if self.done:
-                done = self.done
-                tags = tuple(t for t in range(self.low, upto + 1) if t not in done)
-                self.done = {t for t in done if t > upto}
-            else:
-                tags = tuple(range(self.low, upto + 1))
-            self.low = upto + 1
-            return tags
-        if not self.low <= tag < self.next or tag in self.done:
-            return None
-        if tag == self.low:
-            self.low += 1
-            while self.low in self.done:
-                self.done.remove(self.low)
-                self.low += 1
-        else:
-            self.done.add(tag)
-        return (tag,)
-
-
-@attrs.define
-class _Content:
-    """A content-bearing method whose header and body are still arriving."""
-
-    method: commands.Basic.Deliver | commands.Basic.Return
-    no_ack: bool
-    properties: Properties | None = None
-    body_size: int = 0
-    received: int = 0
-    chunks: list[bytes] = attrs.Factory(list)
-
-
-@attrs.define(eq=False)
-class _Channel:
-    number: int
-    state: ChannelState = ChannelState.OPENING
-    pending: deque[_Pending] = attrs.Factory(deque)
-    confirms: _ConfirmTracker | None = None
-    flow_active: bool = True
-    content: _Content | None = None
-    unacked: set[int] = attrs.Factory(set)
-    no_ack_consumers: set[str] = attrs.Factory(set)
-    #: Our own Channel.Close arguments, while CLOSING.
-    close_args: tuple[int, str, int, int] = (0, "", 0, 0)
-    #: Whether ChannelClosed was emitted (simultaneous close: broker's Close
-    #: came while we were CLOSING, Close-Ok still to come).
-    close_reported: bool = False
-
-
-# --------------------------------------------------------------------------
-# The connection
+_PUBLISH_CACHE_SIZE = 256
 
 
 @final
@@ -321,7 +184,7 @@ class Connection:
         self._server_properties: dict[str, Any] = {}
         self._blocked: str | None = None
         self._close_args: tuple[int, str, int, int] = (0, "", 0, 0)
-        self._channels: dict[int, _Channel] = {}
+        self._channels: dict[int, Channel] = {}
         #: Encoded Basic.Publish frames: a service publishes to few places.
         self._publish_frames: dict[tuple[int, str, str, bool, bool], bytes] = {}
 
@@ -479,8 +342,10 @@ class Connection:
                 )
                 if frame is None:
                     if self._eof:
-                        incomplete = received.has_partial_frame
-                        if incomplete and self._state is not ConnectionState.CLOSED:
+                        if (
+                            received.has_partial_frame
+                            and self._state is not ConnectionState.CLOSED
+                        ):
                             raise Violation(
                                 501, "end of stream in the middle of a frame"
                             )
@@ -500,10 +365,7 @@ class Connection:
             raise
 
     def _fail(self, error: BaseException, code: int | None, text: str) -> None:
-        if code is not None and self._state in (
-            ConnectionState.AWAIT_OPEN_OK,
-            ConnectionState.OPEN,
-        ):
+        if code is not None and self._state in CLOSABLE:
             reply_text = f"{REPLY_NAMES.get(code, '')} - {text}"
             reply_text = reply_text.encode("utf-8")[:255].decode("utf-8", "ignore")
             self._queue(
@@ -519,9 +381,6 @@ class Connection:
         self._out.append(data)
         self._out_len += len(data)
 
-    # ------------------------------------------------------------------
-    # Frames
-
     def _handle_frame(self, frame_type: int, channel: int, data: bytes) -> Event | None:
         if frame_type == FRAME_HEARTBEAT:
             if channel != 0:
@@ -531,7 +390,8 @@ class Connection:
         if state is ConnectionState.CLOSED:
             return None  # the close handshake is over; ignore stragglers
         if frame_type == FRAME_BODY:
-            return self._on_body(channel, data)
+            ch = self._content_channel(channel, "content body")
+            return None if ch is None else ch.on_body(data)
         if frame_type not in (FRAME_METHOD, FRAME_CONTENT_HEADER):
             raise Violation(501, f"unknown frame type {frame_type}")
         try:
@@ -539,7 +399,8 @@ class Connection:
         except DECODE_ERRORS as exc:
             raise Violation(502, f"cannot decode frame: {exc}") from None
         if isinstance(value, pamqp_header.ContentHeader):
-            return self._on_header(channel, value)
+            ch = self._content_channel(channel, "content header")
+            return None if ch is None else ch.on_header(value)
         if not isinstance(value, pamqp_base.Frame):  # pragma: no cover - by type
             raise Violation(501, f"unexpected {type(value).__name__}")
         if channel == 0:
@@ -548,225 +409,16 @@ class Connection:
             if state is ConnectionState.CLOSING:
                 return None  # discard everything but Close / Close-Ok
             raise Violation(504, f"{value.name} on channel {channel} before open")
-        return self._on_channel_method(channel, value)
-
-    # ------------------------------------------------------------------
-    # Channel 0
-
-    def _on_connection_method(self, method: pamqp_base.Frame) -> Event | None:
-        state = self._state
-        if isinstance(method, commands.Connection.Close):
-            return self._on_connection_close(method)
-        if state is ConnectionState.CLOSING:
-            if isinstance(method, commands.Connection.CloseOk):
-                self._state = ConnectionState.CLOSED
-                self._channels.clear()
-                code, text, class_id, method_id = self._close_args
-                return ConnectionClosed(
-                    code, text, class_id, method_id, by_broker=False
-                )
-            return None  # discard everything but Close / Close-Ok
-        if isinstance(method, commands.Connection.Start):
-            if state is ConnectionState.AWAIT_START:
-                self._on_start(method)
-                return None
-        elif isinstance(method, commands.Connection.Tune):
-            if state is ConnectionState.AWAIT_TUNE:
-                return self._on_tune(method)
-        elif isinstance(method, commands.Connection.OpenOk):
-            if state is ConnectionState.AWAIT_OPEN_OK:
-                self._state = ConnectionState.OPEN
-                return ConnectionOpened(
-                    self._server_properties,
-                    self._channel_max,
-                    self._frame_max,
-                    self._heartbeat,
-                )
-        elif isinstance(method, commands.Connection.Blocked):
-            if state in (ConnectionState.AWAIT_OPEN_OK, ConnectionState.OPEN):
-                self._blocked = method.reason or ""
-                return ConnectionBlocked(self._blocked)
-        elif isinstance(method, commands.Connection.Unblocked):
-            if state in (ConnectionState.AWAIT_OPEN_OK, ConnectionState.OPEN):
-                self._blocked = None
-                return ConnectionUnblocked()
-        elif isinstance(method, commands.Connection.Secure):
-            raise Violation(
-                503,
-                f"Connection.Secure is not used by {self._handshake.auth_mechanism}",
-            )
-        raise Violation(505, f"unexpected {method.name} on channel 0 ({state.value})")
-
-    def _on_start(self, method: commands.Connection.Start) -> None:
-        start_ok = self._handshake.start_ok(method)
-        self._server_properties = from_field_table(method.server_properties or {})
-        self._queue(pamqp_frame.marshal(start_ok, 0))
-        self._state = ConnectionState.AWAIT_TUNE
-
-    def _on_tune(self, method: commands.Connection.Tune) -> ConnectionTuned:
-        tune_ok = self._handshake.tune_ok(method)
-        self._channel_max = tune_ok.channel_max
-        self._frame_max = tune_ok.frame_max
-        self._heartbeat = tune_ok.heartbeat
-        self._queue(pamqp_frame.marshal(tune_ok, 0))
-        self._queue(pamqp_frame.marshal(self._handshake.open(), 0))
-        self._state = ConnectionState.AWAIT_OPEN_OK
-        return ConnectionTuned(self._channel_max, self._frame_max, self._heartbeat)
-
-    def _on_connection_close(
-        self, method: commands.Connection.Close
-    ) -> ConnectionClosed:
-        # Also while CLOSING: both sides closed at once; the broker then waits
-        # for our Close-Ok and ignores our Close.
-        self._queue(pamqp_frame.marshal(commands.Connection.CloseOk(), 0))
-        self._state = ConnectionState.CLOSED
-        self._channels.clear()
-        return ConnectionClosed(
-            method.reply_code or 0,
-            method.reply_text or "",
-            method.class_id or 0,
-            method.method_id or 0,
-            by_broker=True,
-        )
-
-    # ------------------------------------------------------------------
-    # Channels
-
-    def _on_channel_method(
-        self, channel: int, method: pamqp_base.Frame
-    ) -> Event | None:
         ch = self._channels.get(channel)
         if ch is None:
             raise Violation(
-                504, f"{method.name} on channel {channel}, which is not open"
+                504, f"{value.name} on channel {channel}, which is not open"
             )
-        if ch.content is not None:
-            raise Violation(
-                505, f"{method.name} on channel {channel} in the middle of a message"
-            )
-        if ch.state is ChannelState.CLOSING:
-            return self._on_closing_channel_method(ch, method)
-        if isinstance(method, commands.Basic.Deliver):
-            consumer_tag = method.consumer_tag or ""
-            ch.content = _Content(method, consumer_tag in ch.no_ack_consumers)
-            return None
-        if isinstance(method, commands.Basic.Ack | commands.Basic.Nack):
-            return self._on_confirm(ch, method)
-        pending = ch.pending
-        if pending and isinstance(method, pending[0].replies):
-            return self._on_reply(ch, pending.popleft(), method)
-        if isinstance(method, commands.Basic.Return):
-            ch.content = _Content(method, no_ack=True)
-            return None
-        if isinstance(method, commands.Channel.Close):
-            return self._on_channel_close(ch, method)
-        if isinstance(method, commands.Basic.Cancel):
-            consumer_tag = method.consumer_tag or ""
-            ch.no_ack_consumers.discard(consumer_tag)
-            if not method.nowait:
-                self._queue(
-                    pamqp_frame.marshal(commands.Basic.CancelOk(consumer_tag), channel)
-                )
-            return ConsumerCancelledByBroker(channel, consumer_tag)
-        if isinstance(method, commands.Channel.Flow):
-            active = bool(method.active)
-            ch.flow_active = active
-            self._queue(pamqp_frame.marshal(commands.Channel.FlowOk(active), channel))
-            return ChannelFlow(channel, active)
-        expected = (
-            " or ".join(r.name for r in pending[0].replies) if pending else "nothing"
-        )
-        raise Violation(
-            505, f"unexpected {method.name} on channel {channel} (expected {expected})"
-        )
+        return ch.on_method(value)
 
-    def _on_closing_channel_method(
-        self, ch: _Channel, method: pamqp_base.Frame
-    ) -> Event | None:
-        if isinstance(method, commands.Channel.CloseOk):
-            del self._channels[ch.number]
-            if ch.close_reported:
-                return None
-            code, text, class_id, method_id = ch.close_args
-            return ChannelClosed(
-                ch.number, code, text, class_id, method_id, by_broker=False
-            )
-        if isinstance(method, commands.Channel.Close):
-            # Both sides closed at once: answer, report the broker's reason,
-            # and keep the number until our Close is answered too.
-            self._queue(pamqp_frame.marshal(commands.Channel.CloseOk(), ch.number))
-            if ch.close_reported:
-                return None
-            ch.close_reported = True
-            return _channel_closed_by_broker(ch.number, method)
-        if isinstance(method, commands.Basic.Ack | commands.Basic.Nack):
-            # Confirms that made it before the close are still good news.
-            return self._on_confirm(ch, method)
-        if isinstance(method, commands.Basic.Deliver | commands.Basic.Return):
-            ch.content = _Content(method, no_ack=True)  # swallow its content
-        return None
-
-    def _on_channel_close(
-        self, ch: _Channel, method: commands.Channel.Close
-    ) -> ChannelClosed:
-        self._queue(pamqp_frame.marshal(commands.Channel.CloseOk(), ch.number))
-        del self._channels[ch.number]
-        return _channel_closed_by_broker(ch.number, method)
-
-    def _on_reply(
-        self, ch: _Channel, pending: _Pending, method: pamqp_base.Frame
-    ) -> Event | None:
-        channel = ch.number
-        if isinstance(method, commands.Channel.OpenOk):
-            ch.state = ChannelState.OPEN
-            return ChannelOpened(channel)
-        if isinstance(method, commands.Queue.DeclareOk):
-            return QueueDeclareOk(
-                channel,
-                method.queue or "",
-                method.message_count or 0,
-                method.consumer_count or 0,
-            )
-        if isinstance(method, commands.Basic.ConsumeOk):
-            consumer_tag = method.consumer_tag or ""
-            if pending.no_ack:
-                ch.no_ack_consumers.add(consumer_tag)
-            return BasicConsumeOk(channel, consumer_tag)
-        if isinstance(method, commands.Basic.CancelOk):
-            consumer_tag = method.consumer_tag or ""
-            ch.no_ack_consumers.discard(consumer_tag)
-            return BasicCancelOk(channel, consumer_tag)
-        if isinstance(method, commands.Queue.PurgeOk):
-            return QueuePurgeOk(channel, method.message_count or 0)
-        if isinstance(method, commands.Queue.DeleteOk):
-            return QueueDeleteOk(channel, method.message_count or 0)
-        return _SIMPLE_REPLIES[type(method)](channel)
-
-    def _on_confirm(
-        self, ch: _Channel, method: commands.Basic.Ack | commands.Basic.Nack
-    ) -> Event | None:
-        if ch.confirms is None:
-            raise Violation(
-                505,
-                f"{method.name} on channel {ch.number}, which is not in confirm mode",
-            )
-        tag = method.delivery_tag or 0
-        tags = ch.confirms.settle(tag, bool(method.multiple))
-        if tags is None:
-            raise Violation(
-                505,
-                f"{method.name} for unknown publish tag {tag} on channel {ch.number}",
-            )
-        if not tags:
-            return None
-        if isinstance(method, commands.Basic.Ack):
-            return Confirmed(ch.number, tags)
-        return Nacked(ch.number, tags)
-
-    # ------------------------------------------------------------------
-    # Content
-
-    def _content_channel(self, channel: int, what: str) -> _Channel | None:
+    def _content_channel(self, channel: int, what: str) -> Channel | None:
+        if channel == 0:
+            raise Violation(504, f"{what} on channel 0")
         ch = self._channels.get(channel)
         if ch is None:
             if self._state is ConnectionState.CLOSING:
@@ -774,112 +426,86 @@ class Connection:
             raise Violation(504, f"{what} on channel {channel}, which is not open")
         return ch
 
-    def _on_header(
-        self, channel: int, value: pamqp_header.ContentHeader
-    ) -> Event | None:
-        if channel == 0:
-            raise Violation(504, "content header on channel 0")
-        ch = self._content_channel(channel, "content header")
-        if ch is None:
-            return None
-        content = ch.content
-        if content is None:
-            if ch.state is ChannelState.CLOSING:
-                return None
-            raise Violation(
-                505, f"content header on channel {channel} without a method"
-            )
-        if content.properties is not None:
-            raise Violation(505, f"second content header on channel {channel}")
-        class_id: object = value.class_id  # pamqp declares it None
-        if class_id != BASIC_CLASS_ID:
-            raise Violation(505, f"content header of class {class_id}")
-        content.properties = properties_from_pamqp(value.properties)
-        content.body_size = value.body_size
-        if value.body_size == 0:
-            return self._content_done(ch, content, b"")
-        return None
+    # ------------------------------------------------------------------
+    # Channel 0
 
-    def _on_body(self, channel: int, data: bytes) -> Event | None:
-        if channel == 0:
-            raise Violation(504, "content body on channel 0")
-        ch = self._content_channel(channel, "content body")
-        if ch is None:
-            return None
-        content = ch.content
-        if content is None or content.properties is None:
-            if ch.state is ChannelState.CLOSING and content is None:
-                return None
-            raise Violation(505, f"content body on channel {channel} without a header")
-        content.received += len(data)
-        if content.received > content.body_size:
+    def _on_connection_method(self, method: pamqp_base.Frame) -> Event | None:
+        state = self._state
+        next_state = CONNECTION_TRANSITIONS.get((state, type(method)))
+        if next_state is None:
+            if state is ConnectionState.CLOSING:
+                return None  # discard everything but Close / Close-Ok
+            if isinstance(method, commands.Connection.Secure):
+                raise Violation(
+                    503,
+                    f"Connection.Secure is not used by {self._handshake.auth_mechanism}",
+                )
             raise Violation(
-                501,
-                f"content body on channel {channel} longer than the announced "
-                f"{content.body_size} bytes",
+                505, f"unexpected {method.name} on channel 0 ({state.value})"
             )
-        if content.received < content.body_size:
-            content.chunks.append(data)
-            return None
-        if content.chunks:
-            content.chunks.append(data)
-            data = b"".join(content.chunks)
-        return self._content_done(ch, content, data)
-
-    def _content_done(
-        self, ch: _Channel, content: _Content, body: bytes
-    ) -> Event | None:
-        ch.content = None
-        if ch.state is ChannelState.CLOSING:
-            return None
-        method = content.method
-        properties = content.properties
-        assert properties is not None
-        channel = ch.number
-        if isinstance(method, commands.Basic.Deliver):
-            delivery_tag = method.delivery_tag or 0
-            if not content.no_ack:
-                ch.unacked.add(delivery_tag)
-            return Delivered(
-                channel,
-                method.consumer_tag or "",
-                delivery_tag,
-                bool(method.redelivered),
-                method.exchange or "",
-                method.routing_key or "",
-                properties,
-                body,
-            )
-        return Returned(
-            channel,
-            method.reply_code or 0,
-            method.reply_text or "",
-            method.exchange or "",
-            method.routing_key or "",
-            properties,
-            body,
-        )
+        event: Event | None = None
+        match method:
+            case commands.Connection.Start():
+                self._server_properties = from_field_table(
+                    method.server_properties or {}
+                )
+                self._queue(pamqp_frame.marshal(self._handshake.start_ok(method), 0))
+            case commands.Connection.Tune():
+                tune_ok = self._handshake.tune_ok(method)
+                self._channel_max = tune_ok.channel_max
+                self._frame_max = tune_ok.frame_max
+                self._heartbeat = tune_ok.heartbeat
+                self._queue(pamqp_frame.marshal(tune_ok, 0))
+                self._queue(pamqp_frame.marshal(self._handshake.open(), 0))
+                event = ConnectionTuned(
+                    tune_ok.channel_max, tune_ok.frame_max, tune_ok.heartbeat
+                )
+            case commands.Connection.OpenOk():
+                event = ConnectionOpened(
+                    self._server_properties,
+                    self._channel_max,
+                    self._frame_max,
+                    self._heartbeat,
+                )
+            case commands.Connection.Blocked():
+                self._blocked = method.reason or ""
+                event = ConnectionBlocked(self._blocked)
+            case commands.Connection.Unblocked():
+                self._blocked = None
+                event = ConnectionUnblocked()
+            case commands.Connection.Close():
+                # Also while CLOSING: both sides closed at once; the broker
+                # then waits for our Close-Ok and ignores our Close.
+                self._queue(pamqp_frame.marshal(commands.Connection.CloseOk(), 0))
+                self._channels.clear()
+                event = ConnectionClosed(
+                    method.reply_code or 0,
+                    method.reply_text or "",
+                    method.class_id or 0,
+                    method.method_id or 0,
+                    by_broker=True,
+                )
+            case _:  # Connection.CloseOk, the answer to our close()
+                self._channels.clear()
+                event = ConnectionClosed(*self._close_args, by_broker=False)
+        self._state = next_state
+        return event
 
     # ------------------------------------------------------------------
-    # Requests: helpers
+    # Requests: the generic path
 
-    def _check_open(self) -> None:
+    def _usable_channel(
+        self, channel: int, states: tuple[ChannelState, ...] = REQUEST_STATES
+    ) -> Channel:
+        """Return *channel* if the connection is open and the channel in *states*."""
         if self._state is not ConnectionState.OPEN:
             raise LocalProtocolError(f"the connection is {self._state.value}, not open")
-
-    def _usable_channel(self, channel: int) -> _Channel:
-        self._check_open()
         ch = self._channels.get(channel)
         if ch is None:
             raise LocalProtocolError(f"channel {channel} is not open")
-        if ch.state is ChannelState.CLOSING:
-            raise LocalProtocolError(f"channel {channel} is closing")
+        if ch.state not in states:
+            raise LocalProtocolError(f"channel {channel} is {ch.state.value}")
         return ch
-
-    def _encode(
-        self, channel: int, factory: Callable[..., pamqp_base.Frame], **kwargs: Any
-    ) -> bytes:
-        return encode_method(channel, self._frame_max, factory, **kwargs)
 
     def _request(
         self,
@@ -889,12 +515,12 @@ class Connection:
         *,
         reply_no_ack: bool = False,
         **kwargs: Any,
-    ) -> None:
+    ) -> Channel:
         ch = self._usable_channel(channel)
-        data = self._encode(channel, factory, **kwargs)
-        self._queue(data)
+        self._queue(encode_method(channel, self._frame_max, factory, **kwargs))
         if reply is not None:
-            ch.pending.append(_Pending((reply,), reply_no_ack))
+            ch.pending.append(Pending((reply,), reply_no_ack))
+        return ch
 
     # ------------------------------------------------------------------
     # Requests: connection and channels
@@ -918,20 +544,13 @@ class Connection:
             The handshake has not got that far (close the socket instead), or
             the connection is already closing or closed.
         """
-        if self._state not in (ConnectionState.AWAIT_OPEN_OK, ConnectionState.OPEN):
+        if self._state not in CLOSABLE:
             raise LocalProtocolError(
                 f"cannot close a connection that is {self._state.value}"
             )
-        data = self._encode(
-            0,
-            commands.Connection.Close,
-            reply_code=reply_code,
-            reply_text=reply_text,
-            class_id=class_id,
-            method_id=method_id,
-        )
-        self._queue(data)
-        self._close_args = (reply_code, reply_text, class_id, method_id)
+        close_args = (reply_code, reply_text, class_id, method_id)
+        self._queue(self._encode_close(0, commands.Connection.Close, close_args))
+        self._close_args = close_args
         self._state = ConnectionState.CLOSING
         self._channels.clear()
 
@@ -952,7 +571,8 @@ class Connection:
             The connection is not open, or all ``channel_max`` channels are in
             use.
         """
-        self._check_open()
+        if self._state is not ConnectionState.OPEN:
+            raise LocalProtocolError(f"the connection is {self._state.value}, not open")
         channels = self._channels
         for number in range(1, self._channel_max + 1):
             if number not in channels:
@@ -960,8 +580,8 @@ class Connection:
         else:
             raise LocalProtocolError(f"all {self._channel_max} channels are in use")
         self._queue(pamqp_frame.marshal(commands.Channel.Open(), number))
-        ch = _Channel(number)
-        ch.pending.append(_Pending((commands.Channel.OpenOk,)))
+        ch = Channel(number, self._queue, channels.pop)
+        ch.pending.append(Pending((commands.Channel.OpenOk,)))
         channels[number] = ch
         return number
 
@@ -985,19 +605,26 @@ class Connection:
             The channel is not open or already closing.
         """
         ch = self._usable_channel(channel)
-        data = self._encode(
+        close_args = (reply_code, reply_text, class_id, method_id)
+        self._queue(self._encode_close(channel, commands.Channel.Close, close_args))
+        ch.start_close(close_args)
+
+    def _encode_close(
+        self,
+        channel: int,
+        factory: type[commands.Connection.Close | commands.Channel.Close],
+        args: tuple[int, str, int, int],
+    ) -> bytes:
+        reply_code, reply_text, class_id, method_id = args
+        return encode_method(
             channel,
-            commands.Channel.Close,
+            self._frame_max,
+            factory,
             reply_code=reply_code,
             reply_text=reply_text,
             class_id=class_id,
             method_id=method_id,
         )
-        self._queue(data)
-        ch.state = ChannelState.CLOSING
-        ch.close_args = (reply_code, reply_text, class_id, method_id)
-        ch.pending.clear()
-        ch.content = None
 
     def confirm_select(self, channel: int, *, nowait: bool = False) -> None:
         """Put *channel* in confirm mode (``Confirm.Select``).
@@ -1007,15 +634,12 @@ class Connection:
         :class:`~._events.Nacked`. Answered by :class:`~._events.ConfirmSelectOk`
         unless *nowait*.
         """
-        ch = self._usable_channel(channel)
         self._request(
             channel,
             commands.Confirm.Select,
             None if nowait else commands.Confirm.SelectOk,
             nowait=nowait,
-        )
-        if ch.confirms is None:
-            ch.confirms = _ConfirmTracker()
+        ).start_confirms()
 
     # ------------------------------------------------------------------
     # Requests: exchanges and queues
@@ -1222,8 +846,7 @@ class Connection:
         """
         if nowait and not consumer_tag:
             raise InvalidRequest("a consumer started with nowait needs a consumer_tag")
-        ch = self._usable_channel(channel)
-        self._request(
+        ch = self._request(
             channel,
             commands.Basic.Consume,
             None if nowait else commands.Basic.ConsumeOk,
@@ -1236,8 +859,8 @@ class Connection:
             nowait=nowait,
             arguments=_arguments(arguments),
         )
-        if nowait and no_ack:
-            ch.no_ack_consumers.add(consumer_tag)
+        if nowait:
+            ch.consumer_started(consumer_tag, no_ack)
 
     def basic_cancel(
         self, channel: int, consumer_tag: str, *, nowait: bool = False
@@ -1246,8 +869,7 @@ class Connection:
 
         Deliveries already on their way may still arrive before the answer.
         """
-        ch = self._usable_channel(channel)
-        self._request(
+        ch = self._request(
             channel,
             commands.Basic.Cancel,
             None if nowait else commands.Basic.CancelOk,
@@ -1255,7 +877,10 @@ class Connection:
             nowait=nowait,
         )
         if nowait:
-            ch.no_ack_consumers.discard(consumer_tag)
+            ch.consumer_ended(consumer_tag)
+
+    # ------------------------------------------------------------------
+    # Requests: the hot paths, written out
 
     def basic_publish(
         self,
@@ -1308,8 +933,9 @@ class Connection:
         key = (channel, exchange, routing_key, mandatory, immediate)
         method = self._publish_frames.get(key)
         if method is None:
-            method = self._encode(
+            method = encode_method(
                 channel,
+                self._frame_max,
                 commands.Basic.Publish,
                 exchange=exchange,
                 routing_key=routing_key,
@@ -1340,10 +966,11 @@ class Connection:
             reopened); RabbitMQ would close the channel for it.
         """
         ch = self._usable_channel(channel)
-        tags = _settle_deliveries(ch, delivery_tag, multiple)
+        tags = ch.settle(delivery_tag, multiple)
         self._queue(
-            self._encode(
+            encode_method(
                 channel,
+                self._frame_max,
                 commands.Basic.Ack,
                 delivery_tag=delivery_tag,
                 multiple=multiple,
@@ -1367,10 +994,11 @@ class Connection:
             As for :meth:`basic_ack`.
         """
         ch = self._usable_channel(channel)
-        tags = _settle_deliveries(ch, delivery_tag, multiple)
+        tags = ch.settle(delivery_tag, multiple)
         self._queue(
-            self._encode(
+            encode_method(
                 channel,
+                self._frame_max,
                 commands.Basic.Nack,
                 delivery_tag=delivery_tag,
                 multiple=multiple,
@@ -1390,10 +1018,11 @@ class Connection:
             As for :meth:`basic_ack`.
         """
         ch = self._usable_channel(channel)
-        tags = _settle_deliveries(ch, delivery_tag, False)
+        tags = ch.settle(delivery_tag, False)
         self._queue(
-            self._encode(
+            encode_method(
                 channel,
+                self._frame_max,
                 commands.Basic.Reject,
                 delivery_tag=delivery_tag,
                 requeue=requeue,
@@ -1402,41 +1031,5 @@ class Connection:
         ch.unacked.difference_update(tags)
 
 
-def _settle_deliveries(ch: _Channel, delivery_tag: int, multiple: bool) -> list[int]:
-    unacked = ch.unacked
-    if multiple and delivery_tag == 0:
-        return list(unacked)
-    if delivery_tag not in unacked:
-        raise LocalProtocolError(
-            f"delivery tag {delivery_tag} is not an unacked delivery on channel {ch.number}"
-        )
-    if multiple:
-        return [tag for tag in unacked if tag <= delivery_tag]
-    return [delivery_tag]
-
-
 def _arguments(arguments: Mapping[str, Any] | None) -> pamqp_common.FieldTable | None:
     return None if arguments is None else to_field_table(arguments)
-
-
-def _channel_closed_by_broker(
-    channel: int, method: commands.Channel.Close
-) -> ChannelClosed:
-    return ChannelClosed(
-        channel,
-        method.reply_code or 0,
-        method.reply_text or "",
-        method.class_id or 0,
-        method.method_id or 0,
-        by_broker=True,
-    )
-
-
-_SIMPLE_REPLIES: Final[dict[type[pamqp_base.Frame], Callable[[int], Reply]]] = {
-    commands.Exchange.DeclareOk: ExchangeDeclareOk,
-    commands.Exchange.DeleteOk: ExchangeDeleteOk,
-    commands.Queue.BindOk: QueueBindOk,
-    commands.Queue.UnbindOk: QueueUnbindOk,
-    commands.Basic.QosOk: BasicQosOk,
-    commands.Confirm.SelectOk: ConfirmSelectOk,
-}
