@@ -14,7 +14,7 @@ flow changes and closes.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 from pamqp import commands, frame as pamqp_frame
@@ -22,24 +22,13 @@ from pamqp import commands, frame as pamqp_frame
 from .._exceptions import LocalProtocolError
 from ._codec import properties_from_pamqp
 from ._events import (
-    BasicCancelOk,
-    BasicConsumeOk,
-    BasicQosOk,
     ChannelClosed,
     ChannelFlow,
     ChannelOpened,
     Confirmed,
-    ConfirmSelectOk,
     ConsumerCancelledByBroker,
     Delivered,
-    ExchangeDeclareOk,
-    ExchangeDeleteOk,
     Nacked,
-    QueueBindOk,
-    QueueDeclareOk,
-    QueueDeleteOk,
-    QueuePurgeOk,
-    QueueUnbindOk,
     Returned,
 )
 from ._frames import BASIC_CLASS_ID, Violation
@@ -52,6 +41,7 @@ if TYPE_CHECKING:
 
     from .._message import Properties
     from ._events import Event, Reply
+    from ._state import Request
 
 __all__ = ["Channel", "Content", "Pending"]
 
@@ -63,13 +53,13 @@ class Pending:
 
     Attributes
     ----------
-    replies
-        The pamqp classes that may answer it.
+    request
+        The request's row in the request table.
     no_ack
         For ``Basic.Consume``: whether the consumer's deliveries need no ack.
     """
 
-    replies: tuple[type[pamqp_base.Frame], ...]
+    request: Request
     no_ack: bool = False
 
 
@@ -195,7 +185,7 @@ class Channel:
         if isinstance(method, commands.Basic.Ack | commands.Basic.Nack):
             return self._on_confirm(method)
         pending = self.pending
-        if pending and isinstance(method, pending[0].replies):
+        if pending and isinstance(method, pending[0].request.reply):
             return self._on_reply(pending.popleft(), method)
         if isinstance(method, commands.Basic.Return):
             self.content = Content(method, no_ack=True)
@@ -216,9 +206,7 @@ class Channel:
             self.flow_active = active
             self.send(pamqp_frame.marshal(commands.Channel.FlowOk(active), number))
             return ChannelFlow(number, active)
-        expected = (
-            " or ".join(r.name for r in pending[0].replies) if pending else "nothing"
-        )
+        expected = pending[0].request.reply.name if pending else "nothing"
         raise Violation(
             505, f"unexpected {method.name} on channel {number} (expected {expected})"
         )
@@ -248,31 +236,15 @@ class Channel:
             self.content = Content(method, no_ack=True)  # swallow its content
         return None
 
-    def _on_reply(self, pending: Pending, method: pamqp_base.Frame) -> Reply:
-        number = self.number
-        if isinstance(method, commands.Channel.OpenOk):
+    def _on_reply(self, pending: Pending, method: Any) -> Reply:
+        event = pending.request.answer(self.number, method)
+        if isinstance(event, ChannelOpened):
             self.state = ChannelState.OPEN
-            return ChannelOpened(number)
-        if isinstance(method, commands.Queue.DeclareOk):
-            return QueueDeclareOk(
-                number,
-                method.queue or "",
-                method.message_count or 0,
-                method.consumer_count or 0,
-            )
-        if isinstance(method, commands.Basic.ConsumeOk):
-            consumer_tag = method.consumer_tag or ""
-            self.consumer_started(consumer_tag, pending.no_ack)
-            return BasicConsumeOk(number, consumer_tag)
-        if isinstance(method, commands.Basic.CancelOk):
-            consumer_tag = method.consumer_tag or ""
-            self.consumer_ended(consumer_tag)
-            return BasicCancelOk(number, consumer_tag)
-        if isinstance(method, commands.Queue.PurgeOk):
-            return QueuePurgeOk(number, method.message_count or 0)
-        if isinstance(method, commands.Queue.DeleteOk):
-            return QueueDeleteOk(number, method.message_count or 0)
-        return _SIMPLE_REPLIES[type(method)](number)
+        elif isinstance(method, commands.Basic.ConsumeOk):
+            self.consumer_started(method.consumer_tag or "", pending.no_ack)
+        elif isinstance(method, commands.Basic.CancelOk):
+            self.consumer_ended(method.consumer_tag or "")
+        return event
 
     def _on_confirm(
         self, method: commands.Basic.Ack | commands.Basic.Nack
@@ -396,13 +368,3 @@ def _closed_by_broker(channel: int, method: commands.Channel.Close) -> ChannelCl
         method.method_id or 0,
         by_broker=True,
     )
-
-
-_SIMPLE_REPLIES: Final[dict[type[pamqp_base.Frame], Callable[[int], Reply]]] = {
-    commands.Exchange.DeclareOk: ExchangeDeclareOk,
-    commands.Exchange.DeleteOk: ExchangeDeleteOk,
-    commands.Queue.BindOk: QueueBindOk,
-    commands.Queue.UnbindOk: QueueUnbindOk,
-    commands.Basic.QosOk: BasicQosOk,
-    commands.Confirm.SelectOk: ConfirmSelectOk,
-}

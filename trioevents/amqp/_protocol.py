@@ -61,7 +61,7 @@ from .._exceptions import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from .._message import NO_PROPERTIES, ExchangeType, Properties
+from .._message import NO_PROPERTIES, Properties
 from ._channel import Channel, Pending
 from ._codec import (
     encode_properties,
@@ -95,7 +95,9 @@ from ._frames import (
     frame_message,
 )
 from ._handshake import CLIENT_CAPABILITIES, Handshake
+from ._requests import ChannelRequests
 from ._state import (
+    CHANNEL_OPEN,
     CLOSABLE,
     CONNECTION_TRANSITIONS,
     REQUEST_STATES,
@@ -106,9 +108,8 @@ from ._state import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from pamqp import common as pamqp_common
-
     from ._events import Event, NeedData
+    from ._state import Request
 
 __all__ = [
     "CLIENT_CAPABILITIES",
@@ -125,7 +126,7 @@ _PUBLISH_CACHE_SIZE = 256
 
 
 @final
-class Connection:
+class Connection(ChannelRequests):
     """The client side of one AMQP 0-9-1 connection, without I/O.
 
     The protocol header is queued at construction; everything else follows
@@ -507,19 +508,21 @@ class Connection:
             raise LocalProtocolError(f"channel {channel} is {ch.state.value}")
         return ch
 
-    def _request(
-        self,
-        channel: int,
-        factory: Callable[..., pamqp_base.Frame],
-        reply: type[pamqp_base.Frame] | None,
-        *,
-        reply_no_ack: bool = False,
-        **kwargs: Any,
-    ) -> Channel:
-        ch = self._usable_channel(channel)
-        self._queue(encode_method(channel, self._frame_max, factory, **kwargs))
-        if reply is not None:
-            ch.pending.append(Pending((reply,), reply_no_ack))
+    def _request(self, channel: int, request: Request, /, **fields: Any) -> Channel:
+        """Check, encode and queue *request*; expect its reply unless ``nowait``.
+
+        See :meth:`.ChannelRequests._request`.
+        """
+        nowait = request.nowait and fields["nowait"]
+        if nowait and request.named is not None and not fields[request.named]:
+            raise InvalidRequest(request.nowait_refusal)
+        arguments = fields.get("arguments")
+        if arguments is not None:
+            fields["arguments"] = to_field_table(arguments)
+        ch = self._usable_channel(channel, request.states)
+        self._queue(encode_method(channel, self._frame_max, request.method, **fields))
+        if not nowait:
+            ch.pending.append(Pending(request, fields.get("no_ack", False)))
         return ch
 
     # ------------------------------------------------------------------
@@ -579,9 +582,9 @@ class Connection:
                 break
         else:
             raise LocalProtocolError(f"all {self._channel_max} channels are in use")
-        self._queue(pamqp_frame.marshal(commands.Channel.Open(), number))
+        self._queue(pamqp_frame.marshal(CHANNEL_OPEN.method(), number))
         ch = Channel(number, self._queue, channels.pop)
-        ch.pending.append(Pending((commands.Channel.OpenOk,)))
+        ch.pending.append(Pending(CHANNEL_OPEN))
         channels[number] = ch
         return number
 
@@ -625,259 +628,6 @@ class Connection:
             class_id=class_id,
             method_id=method_id,
         )
-
-    def confirm_select(self, channel: int, *, nowait: bool = False) -> None:
-        """Put *channel* in confirm mode (``Confirm.Select``).
-
-        From this request on, every :meth:`basic_publish` on the channel gets
-        a tag (1, 2, ...) and is confirmed by a :class:`~._events.Confirmed` or
-        :class:`~._events.Nacked`. Answered by :class:`~._events.ConfirmSelectOk`
-        unless *nowait*.
-        """
-        self._request(
-            channel,
-            commands.Confirm.Select,
-            None if nowait else commands.Confirm.SelectOk,
-            nowait=nowait,
-        ).start_confirms()
-
-    # ------------------------------------------------------------------
-    # Requests: exchanges and queues
-
-    def exchange_declare(
-        self,
-        channel: int,
-        exchange: str,
-        exchange_type: str | ExchangeType = "direct",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        auto_delete: bool = False,
-        internal: bool = False,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Declare an exchange. Answered by :class:`~._events.ExchangeDeclareOk` unless *nowait*."""
-        if isinstance(exchange_type, ExchangeType):
-            exchange_type = exchange_type.value
-        self._request(
-            channel,
-            commands.Exchange.Declare,
-            None if nowait else commands.Exchange.DeclareOk,
-            exchange=exchange,
-            exchange_type=exchange_type,
-            passive=passive,
-            durable=durable,
-            auto_delete=auto_delete,
-            internal=internal,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-
-    def exchange_delete(
-        self,
-        channel: int,
-        exchange: str,
-        *,
-        if_unused: bool = False,
-        nowait: bool = False,
-    ) -> None:
-        """Delete an exchange. Answered by :class:`~._events.ExchangeDeleteOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Exchange.Delete,
-            None if nowait else commands.Exchange.DeleteOk,
-            exchange=exchange,
-            if_unused=if_unused,
-            nowait=nowait,
-        )
-
-    def queue_declare(
-        self,
-        channel: int,
-        queue: str = "",
-        *,
-        passive: bool = False,
-        durable: bool = False,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Declare a queue; ``""`` lets the broker name it.
-
-        Answered by :class:`~._events.QueueDeclareOk` (with the name) unless
-        *nowait*.
-
-        Raises
-        ------
-        InvalidRequest
-            *nowait* for a server-named queue: its name would never be known.
-        """
-        if nowait and not queue:
-            raise InvalidRequest("a server-named queue cannot be declared with nowait")
-        self._request(
-            channel,
-            commands.Queue.Declare,
-            None if nowait else commands.Queue.DeclareOk,
-            queue=queue,
-            passive=passive,
-            durable=durable,
-            exclusive=exclusive,
-            auto_delete=auto_delete,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-
-    def queue_bind(
-        self,
-        channel: int,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Bind *queue* to *exchange*. Answered by :class:`~._events.QueueBindOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Queue.Bind,
-            None if nowait else commands.Queue.BindOk,
-            queue=queue,
-            exchange=exchange,
-            routing_key=routing_key,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-
-    def queue_unbind(
-        self,
-        channel: int,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Unbind *queue* from *exchange*. Answered by :class:`~._events.QueueUnbindOk`."""
-        self._request(
-            channel,
-            commands.Queue.Unbind,
-            commands.Queue.UnbindOk,
-            queue=queue,
-            exchange=exchange,
-            routing_key=routing_key,
-            arguments=_arguments(arguments),
-        )
-
-    def queue_purge(self, channel: int, queue: str, *, nowait: bool = False) -> None:
-        """Purge *queue*. Answered by :class:`~._events.QueuePurgeOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Queue.Purge,
-            None if nowait else commands.Queue.PurgeOk,
-            queue=queue,
-            nowait=nowait,
-        )
-
-    def queue_delete(
-        self,
-        channel: int,
-        queue: str,
-        *,
-        if_unused: bool = False,
-        if_empty: bool = False,
-        nowait: bool = False,
-    ) -> None:
-        """Delete *queue*. Answered by :class:`~._events.QueueDeleteOk` unless *nowait*."""
-        self._request(
-            channel,
-            commands.Queue.Delete,
-            None if nowait else commands.Queue.DeleteOk,
-            queue=queue,
-            if_unused=if_unused,
-            if_empty=if_empty,
-            nowait=nowait,
-        )
-
-    # ------------------------------------------------------------------
-    # Requests: basic
-
-    def basic_qos(
-        self,
-        channel: int,
-        *,
-        prefetch_count: int = 0,
-        prefetch_size: int = 0,
-        global_: bool = False,
-    ) -> None:
-        """Limit unacked deliveries. Answered by :class:`~._events.BasicQosOk`."""
-        self._request(
-            channel,
-            commands.Basic.Qos,
-            commands.Basic.QosOk,
-            prefetch_count=prefetch_count,
-            prefetch_size=prefetch_size,
-            global_=global_,
-        )
-
-    def basic_consume(
-        self,
-        channel: int,
-        queue: str,
-        consumer_tag: str = "",
-        *,
-        no_local: bool = False,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        nowait: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Start a consumer on *queue*; ``""`` lets the broker pick the tag.
-
-        Answered by :class:`~._events.BasicConsumeOk` unless *nowait*; then
-        :class:`~._events.Delivered` events follow.
-
-        Raises
-        ------
-        InvalidRequest
-            *nowait* without a *consumer_tag*: the tag would never be known.
-        """
-        if nowait and not consumer_tag:
-            raise InvalidRequest("a consumer started with nowait needs a consumer_tag")
-        ch = self._request(
-            channel,
-            commands.Basic.Consume,
-            None if nowait else commands.Basic.ConsumeOk,
-            reply_no_ack=no_ack,
-            queue=queue,
-            no_ack=no_ack,
-            consumer_tag=consumer_tag,
-            no_local=no_local,
-            exclusive=exclusive,
-            nowait=nowait,
-            arguments=_arguments(arguments),
-        )
-        if nowait:
-            ch.consumer_started(consumer_tag, no_ack)
-
-    def basic_cancel(
-        self, channel: int, consumer_tag: str, *, nowait: bool = False
-    ) -> None:
-        """Cancel a consumer. Answered by :class:`~._events.BasicCancelOk` unless *nowait*.
-
-        Deliveries already on their way may still arrive before the answer.
-        """
-        ch = self._request(
-            channel,
-            commands.Basic.Cancel,
-            None if nowait else commands.Basic.CancelOk,
-            consumer_tag=consumer_tag,
-            nowait=nowait,
-        )
-        if nowait:
-            ch.consumer_ended(consumer_tag)
 
     # ------------------------------------------------------------------
     # Requests: the hot paths, written out
@@ -1029,7 +779,3 @@ class Connection:
             )
         )
         ch.unacked.difference_update(tags)
-
-
-def _arguments(arguments: Mapping[str, Any] | None) -> pamqp_common.FieldTable | None:
-    return None if arguments is None else to_field_table(arguments)

@@ -4,7 +4,9 @@ Like h11's ``_state.py``, the rules live here as data:
 
 * :data:`CONNECTION_TRANSITIONS`: which method the broker may send on channel
   0 in each :class:`ConnectionState`, and the state it leads to;
-* :data:`REQUEST_STATES`: the channel states requests may be made in.
+* the request table (:class:`Request`, one constant a request): what a
+  synchronous channel request sends, in which :class:`ChannelState` it may be
+  made, what answers it and what event the answer becomes.
 
 :class:`ConfirmTracker` counts a channel's publishes awaiting confirms. Nothing
 here does I/O or builds frames; :mod:`._channel` and :mod:`._protocol` drive it.
@@ -13,24 +15,53 @@ here does I/O or builds frames; :mod:`._channel` and :mod:`._protocol` drive it.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 from pamqp import commands
 
+from ._events import (
+    BasicCancelOk,
+    BasicConsumeOk,
+    BasicQosOk,
+    ChannelOpened,
+    ConfirmSelectOk,
+    ExchangeDeclareOk,
+    ExchangeDeleteOk,
+    QueueBindOk,
+    QueueDeclareOk,
+    QueueDeleteOk,
+    QueuePurgeOk,
+    QueueUnbindOk,
+)
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from pamqp import base as pamqp_base
 
+    from ._events import Reply
 
 __all__ = [
+    "BASIC_CANCEL",
+    "BASIC_CONSUME",
+    "BASIC_QOS",
+    "CHANNEL_OPEN",
     "CLOSABLE",
+    "CONFIRM_SELECT",
     "CONNECTION_TRANSITIONS",
+    "EXCHANGE_DECLARE",
+    "EXCHANGE_DELETE",
+    "QUEUE_BIND",
+    "QUEUE_DECLARE",
+    "QUEUE_DELETE",
+    "QUEUE_PURGE",
+    "QUEUE_UNBIND",
     "REQUEST_STATES",
     "ChannelState",
     "ConfirmTracker",
     "ConnectionState",
+    "Request",
 ]
 
 
@@ -100,6 +131,101 @@ CLOSABLE: Final = (_S.AWAIT_OPEN_OK, _S.OPEN)
 #: The channel states requests may be made in: behind an unanswered
 #: ``Channel.Open`` (pipelined) or open. (A tuple: ``in`` compares identities.)
 REQUEST_STATES: Final = (ChannelState.OPENING, ChannelState.OPEN)
+
+
+@final
+@attrs.frozen
+class Request:
+    """One synchronous AMQP request on a channel: a row of the request table.
+
+    Attributes
+    ----------
+    method
+        The pamqp class of the request.
+    reply
+        The pamqp class of the broker's answer.
+    event
+        The :class:`~._events.Reply` the answer becomes: called with the
+        channel number and the answer's *carries* fields.
+    carries
+        The fields of the answer that the event carries, in its order.
+    nowait
+        Whether the request has a ``nowait`` flag; with it set, no answer
+        comes and none is expected.
+    named
+        With ``nowait``, this field of the request must not be empty: the
+        broker's choice would never be known. :attr:`nowait_refusal` says why.
+    nowait_refusal
+        The :class:`~trioevents.InvalidRequest` message when *named* is empty.
+    states
+        The channel states the request may be made in.
+    """
+
+    method: type[pamqp_base.Frame]
+    reply: type[pamqp_base.Frame]
+    event: Callable[..., Reply]
+    carries: tuple[str, ...] = ()
+    nowait: bool = True
+    named: str | None = None
+    nowait_refusal: str = ""
+    states: tuple[ChannelState, ...] = REQUEST_STATES
+
+    def answer(self, channel: int, reply: Any) -> Reply:
+        """Turn the broker's *reply* on *channel* into this request's event."""
+        return self.event(channel, *[getattr(reply, name) for name in self.carries])
+
+
+# The request table: Connection has one thin method a request, named after it.
+
+#: ``Channel.Open``, made by ``open_channel()`` on a channel not yet there.
+CHANNEL_OPEN: Final = Request(
+    commands.Channel.Open,
+    commands.Channel.OpenOk,
+    ChannelOpened,
+    nowait=False,
+    states=(),
+)
+EXCHANGE_DECLARE: Final = Request(
+    commands.Exchange.Declare, commands.Exchange.DeclareOk, ExchangeDeclareOk
+)
+EXCHANGE_DELETE: Final = Request(
+    commands.Exchange.Delete, commands.Exchange.DeleteOk, ExchangeDeleteOk
+)
+QUEUE_DECLARE: Final = Request(
+    commands.Queue.Declare,
+    commands.Queue.DeclareOk,
+    QueueDeclareOk,
+    ("queue", "message_count", "consumer_count"),
+    named="queue",
+    nowait_refusal="a server-named queue cannot be declared with nowait",
+)
+QUEUE_BIND: Final = Request(commands.Queue.Bind, commands.Queue.BindOk, QueueBindOk)
+QUEUE_UNBIND: Final = Request(
+    commands.Queue.Unbind, commands.Queue.UnbindOk, QueueUnbindOk, nowait=False
+)
+QUEUE_PURGE: Final = Request(
+    commands.Queue.Purge, commands.Queue.PurgeOk, QueuePurgeOk, ("message_count",)
+)
+QUEUE_DELETE: Final = Request(
+    commands.Queue.Delete, commands.Queue.DeleteOk, QueueDeleteOk, ("message_count",)
+)
+BASIC_QOS: Final = Request(
+    commands.Basic.Qos, commands.Basic.QosOk, BasicQosOk, nowait=False
+)
+BASIC_CONSUME: Final = Request(
+    commands.Basic.Consume,
+    commands.Basic.ConsumeOk,
+    BasicConsumeOk,
+    ("consumer_tag",),
+    named="consumer_tag",
+    nowait_refusal="a consumer started with nowait needs a consumer_tag",
+)
+BASIC_CANCEL: Final = Request(
+    commands.Basic.Cancel, commands.Basic.CancelOk, BasicCancelOk, ("consumer_tag",)
+)
+CONFIRM_SELECT: Final = Request(
+    commands.Confirm.Select, commands.Confirm.SelectOk, ConfirmSelectOk
+)
 
 
 @final
