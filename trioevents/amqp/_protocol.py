@@ -522,6 +522,7 @@ class Connection(ChannelRequests):
         ch = self._usable_channel(channel, request.states)
         self._queue(encode_method(channel, self._frame_max, request.method, **fields))
         if not nowait:
+            # no_ack: a consumer's (Basic.Consume); its Consume-Ok registers it.
             ch.pending.append(Pending(request, fields.get("no_ack", False)))
         return ch
 
