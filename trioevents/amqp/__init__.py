@@ -1,13 +1,27 @@
 """The RabbitMQ transport: AMQP 0-9-1 over trio.
 
-The package is built in layers:
+The package is built in layers, each importing only the ones above it:
 
-``_protocol``
-    A sans-IO AMQP 0-9-1 client (connection and channel state machines over
-    pamqp frames) that is fed bytes and produces events and bytes to send. It
-    imports neither trio nor socket.
 ``_events``
-    The events that ``_protocol`` produces.
+    The events the sans-IO protocol produces.
+``_frames``
+    Frames: cutting them out of the received bytes, framing what is sent.
+``_codec``
+    Message properties and field tables to and from pamqp's forms (what a
+    field table may hold is :mod:`trioevents._fieldtable`'s to say).
+``_state``
+    The connection and channel states, the transition table of channel 0,
+    the table of synchronous requests and the publisher-confirm tracker.
+``_channel``
+    One channel's state machine: how the broker's frames on it become events.
+``_handshake``
+    What the client answers to ``Connection.Start`` and ``Tune``.
+``_requests``
+    The synchronous requests as typed methods, one a row of the table.
+``_protocol``
+    :class:`~._protocol.Connection`, the sans-IO AMQP 0-9-1 client that ties
+    them together: fed bytes, it produces events and bytes to send. None of
+    the modules so far imports trio or socket.
 ``_connection``
     The only I/O: a reader, a writer and a heartbeat task drive the protocol
     over a trio stream and implement :class:`trioevents.abc.Connection`.

@@ -38,13 +38,10 @@ __all__ = [
     "NEED_DATA",
     "BasicCancelOk",
     "BasicConsumeOk",
-    "BasicGetEmpty",
-    "BasicGetOk",
     "BasicQosOk",
     "ChannelClosed",
     "ChannelEvent",
     "ChannelFlow",
-    "ChannelFlowOk",
     "ChannelOpened",
     "ConfirmSelectOk",
     "Confirmed",
@@ -57,10 +54,8 @@ __all__ = [
     "Delivered",
     "EOFReceived",
     "Event",
-    "ExchangeBindOk",
     "ExchangeDeclareOk",
     "ExchangeDeleteOk",
-    "ExchangeUnbindOk",
     "HeartbeatReceived",
     "Nacked",
     "NeedData",
@@ -293,20 +288,6 @@ class ChannelFlow(ChannelEvent):
 
 @final
 @attrs.frozen
-class ChannelFlowOk(Reply):
-    """Answer to ``channel_flow()``.
-
-    Attributes
-    ----------
-    active
-        The flow state the broker settled on.
-    """
-
-    active: bool
-
-
-@final
-@attrs.frozen
 class ExchangeDeclareOk(Reply):
     """Answer to ``exchange_declare()``."""
 
@@ -315,18 +296,6 @@ class ExchangeDeclareOk(Reply):
 @attrs.frozen
 class ExchangeDeleteOk(Reply):
     """Answer to ``exchange_delete()``."""
-
-
-@final
-@attrs.frozen
-class ExchangeBindOk(Reply):
-    """Answer to ``exchange_bind()``."""
-
-
-@final
-@attrs.frozen
-class ExchangeUnbindOk(Reply):
-    """Answer to ``exchange_unbind()``."""
 
 
 @final
@@ -421,34 +390,6 @@ class BasicCancelOk(Reply):
     """
 
     consumer_tag: str
-
-
-@final
-@attrs.frozen
-class BasicGetOk(Reply):
-    """Answer to ``basic_get()`` when the queue had a message.
-
-    Attributes
-    ----------
-    delivery_tag, redelivered, exchange, routing_key, properties, body
-        As in :class:`Delivered`.
-    message_count
-        Messages left in the queue.
-    """
-
-    delivery_tag: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    message_count: int
-    properties: Properties
-    body: bytes
-
-
-@final
-@attrs.frozen
-class BasicGetEmpty(Reply):
-    """Answer to ``basic_get()`` when the queue was empty."""
 
 
 @final
