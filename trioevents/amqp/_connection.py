@@ -90,11 +90,10 @@ from ._events import (
 from ._protocol import Connection as ProtocolConnection
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import AsyncIterator, Callable, Mapping
     from contextlib import AbstractAsyncContextManager
 
-__all__ = ["AmqpConnection", "AmqpConsumer", "connect_stream", "open_amqp_connection"]
+__all__ = ["AmqpConnection", "AmqpConsumer", "open_amqp_connection"]
 
 #: How much the reader asks the stream for at a time.
 _READ_SIZE: Final = 65536
@@ -223,57 +222,6 @@ class _Channel:
     #: Publish channel: returns not matched yet, as (reason, candidate tags).
     returns: deque[tuple[str, list[int]]] = attrs.Factory(deque)
     flow_active: bool = True
-
-
-# --------------------------------------------------------------------------- stream
-
-
-async def connect_stream(
-    host: str,
-    port: int,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
-    connect_timeout: float = 10.0,
-    peer: str = "the broker",
-) -> trio.abc.Stream:
-    """Open a TCP stream to *host*:*port*, with TLS if *ssl_context* is given.
-
-    The TLS handshake runs here, so that a certificate problem is reported as
-    :class:`~trioevents.BrokerUnavailable` before any AMQP is spoken.
-
-    Raises
-    ------
-    BrokerUnavailable
-        The broker cannot be reached, the TLS handshake failed, or both took
-        longer than *connect_timeout*.
-    """
-    tcp: trio.SocketStream | None = None
-    try:
-        with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(host, port)
-            if ssl_context is None:
-                return tcp
-            tls = trio.SSLStream(
-                tcp, ssl_context, server_hostname=server_hostname or host
-            )
-            await tls.do_handshake()
-            return tls
-    except trio.TooSlowError:
-        error = BrokerUnavailable(
-            f"cannot connect to {peer}: no answer within {connect_timeout} s"
-        )
-        cause: BaseException | None = None
-    except (OSError, trio.BrokenResourceError) as exc:
-        reason = exc.__cause__ or exc
-        if tcp is None:
-            error = BrokerUnavailable(f"cannot connect to {peer}: {reason}")
-        else:
-            error = BrokerUnavailable(f"the TLS handshake with {peer} failed: {reason}")
-        cause = exc
-    if tcp is not None:
-        await trio.aclose_forcefully(tcp)
-    raise error from cause
 
 
 @asynccontextmanager
