@@ -34,17 +34,14 @@ from trioevents._exceptions import (
     RemoteProtocolError,
 )
 from trioevents._message import Properties
-from trioevents.amqp._connection import (
-    AmqpConnection,
-    AmqpConsumer,
-    open_amqp_connection,
-)
+from trioevents.amqp._connection import AmqpConnection, open_amqp_connection
 from trioevents.amqp._protocol import PROTOCOL_HEADER
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from trioevents._message import Delivery
+    from trioevents.amqp._consumer import AmqpConsumer
 
 Frame = (
     pamqp_base.Frame
