@@ -113,7 +113,7 @@ class AmqpConsumer(abc.Consumer):
     :meth:`receive` returns them.
 
     The ``on_*`` methods are for the connection's reader task (they implement
-    :class:`~._channels.ChannelConsumer`), not for users.
+    ``_channels.ChannelConsumer``), not for users.
     """
 
     def __init__(
