@@ -200,13 +200,11 @@ class Publishing:
         if self._proto.pending_output:
             self._mux.wake_writer()
 
-    def _is_current(self, channel: int) -> bool:
-        return self.channel is not None and self.channel.number == channel
-
     def on_confirm(self, event: Confirmed | Nacked) -> None:
         """Release the publishes an ack or a nack of the broker names."""
-        if not self._is_current(event.channel):
-            return
+        ch = self.channel
+        if ch is None or ch.number != event.channel:
+            return  # not a publish channel, or one the broker closed
         if self._returns:
             self._match_returns(event.delivery_tags)
         publishes = self._publishes
@@ -240,7 +238,8 @@ class Publishing:
         The broker confirms a returned message right after the return, so the
         next confirm that names a candidate tells which one it was.
         """
-        if not self._is_current(event.channel):
+        ch = self.channel
+        if ch is None or ch.number != event.channel:
             return
         candidates = [
             tag
