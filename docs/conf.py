@@ -33,7 +33,7 @@ nitpick_ignore_regex = [
     ("py:.*", r"trioevents\._\w+\.[A-Z]"),  # TypeVars of private modules
     ("py:.*", r"(StandaloneDispatch|MemoryConnection|masked_uri|TRANSPORT_CHECKS)"),
     # internals of the RabbitMQ transport that its public classes' docs name
-    ("py:.*", r"(ProtocolConnection|_Channel|open_amqp_connection)"),
+    ("py:.*", r"(ProtocolConnection|ChannelMux|Channel|open_amqp_connection)"),
     ("py:.*", r"(Any|Self|T|F|Mapping|Sequence|Callable|Awaitable|AsyncIterator)"),
     ("py:.*", r"(bool|int|str|bytes|float|dict|list|tuple|type|object|None)"),
     ("py:.*", r"(BaseException|Exception|ValueError|TypeError)"),

@@ -1,15 +1,19 @@
-"""A scripted fake broker for the sans-IO protocol tests: bytes in, bytes out.
+"""A scripted fake broker for the tests of the trio connection (no test here).
 
-A :class:`Broker` plays the other side of a :class:`Connection`: it builds the
-broker's frames with pamqp, feeds them to the connection under test and
-decodes what the connection queued to send. No socket, no trio.
+:class:`FakeBroker` holds the broker's end of :func:`trio.testing.memory_stream_pair`:
+it decodes what the client sends with pamqp and answers with pamqp frames, in the
+order each test scripts. :func:`connection` opens a connection to one; the tests
+run on trio's ``autojump_clock``, so none sleeps for real.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import struct
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pytest
+import trio
+import trio.testing
 from pamqp import (
     base as pamqp_base,
     body as pamqp_body,
@@ -19,20 +23,12 @@ from pamqp import (
     heartbeat as pamqp_heartbeat,
 )
 
-from trioevents._exceptions import RemoteProtocolError
-from trioevents.amqp._events import (
-    NEED_DATA,
-    BasicConsumeOk,
-    ChannelOpened,
-    ConnectionOpened,
-    EOFReceived,
-    Event,
-)
-from trioevents.amqp._frames import PROTOCOL_HEADER
-from trioevents.amqp._protocol import Connection
+from trioevents.amqp._connection import AmqpConnection, open_amqp_connection
+from trioevents.amqp._protocol import PROTOCOL_HEADER
 
 if TYPE_CHECKING:
-    from trioevents.amqp._state import ConnectionState
+    from collections.abc import AsyncIterator
+
 
 Frame = (
     pamqp_base.Frame
@@ -40,182 +36,200 @@ Frame = (
     | pamqp_body.ContentBody
     | pamqp_heartbeat.Heartbeat
 )
+F = TypeVar("F", bound=Frame)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+class FakeBroker:
+    """The broker's end of a memory stream pair, scripted by a test."""
 
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.channel = 0
+        #: When each heartbeat from the client arrived.
+        self.heartbeats: list[float] = []
+        self.start_ok: commands.Connection.StartOk | None = None
+        self.open: commands.Connection.Open | None = None
 
+    async def _read(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError("the client closed the stream")
+        self.buffer += data
 
-def decode(data: bytes) -> list[tuple[int, Any]]:
-    """Split bytes the client sent into ``(channel, pamqp frame)`` pairs."""
-    frames = []
-    while data:
-        consumed, channel, value = pamqp_frame.unmarshal(data)
-        frames.append((channel, value))
-        data = data[consumed:]
-    return frames
+    async def receive(self) -> tuple[int, Frame]:
+        """Return the next whole frame the client sent, heartbeats included."""
+        while True:
+            if len(self.buffer) >= 7:
+                (size,) = struct.unpack_from(">I", self.buffer, 3)
+                if len(self.buffer) >= size + 8:
+                    consumed, channel, value = pamqp_frame.unmarshal(
+                        bytes(self.buffer[: size + 8])
+                    )
+                    del self.buffer[:consumed]
+                    assert not isinstance(value, pamqp_header.ProtocolHeader)
+                    return channel, value
+            await self._read()
 
+    async def expect(self, cls: type[F], channel: int | None = None) -> F:
+        """Return the next frame that is not a heartbeat, checking its type."""
+        while True:
+            number, value = await self.receive()
+            if isinstance(value, pamqp_heartbeat.Heartbeat):
+                self.heartbeats.append(trio.current_time())
+                continue
+            assert isinstance(value, cls), (
+                f"expected {cls.__name__}, got {value!r} on channel {number}"
+            )
+            if channel is not None:
+                assert number == channel, (value, number, channel)
+            self.channel = number
+            return value
 
-def encode(*frames: tuple[int, Frame]) -> bytes:
-    return b"".join(pamqp_frame.marshal(value, channel) for channel, value in frames)
+    async def expect_message(
+        self,
+    ) -> tuple[commands.Basic.Publish, commands.Basic.Properties, bytes]:
+        """Return a whole published message: method, properties and body."""
+        publish = await self.expect(commands.Basic.Publish)
+        channel = self.channel
+        header = await self.expect(pamqp_header.ContentHeader, channel)
+        body = b""
+        while len(body) < header.body_size:
+            body += (await self.expect(pamqp_body.ContentBody, channel)).value
+        assert len(body) == header.body_size
+        self.channel = channel
+        return publish, header.properties, body
 
+    async def send(self, *frames: tuple[int, Frame]) -> None:
+        await self.stream.send_all(
+            b"".join(pamqp_frame.marshal(value, channel) for channel, value in frames)
+        )
 
-def content(
-    channel: int,
-    method: pamqp_base.Frame,
-    body: bytes,
-    properties: commands.Basic.Properties | None = None,
-    *,
-    chunk: int = 131072 - 8,
-) -> bytes:
-    """Encode a content-bearing method with its header and body frames."""
-    frames: list[tuple[int, Frame]] = [
-        (channel, method),
-        (channel, pamqp_header.ContentHeader(0, len(body), properties)),
-    ]
-    frames += [
-        (channel, pamqp_body.ContentBody(body[i : i + chunk]))
-        for i in range(0, len(body), chunk)
-    ]
-    return encode(*frames)
+    async def deliver(
+        self,
+        channel: int,
+        delivery_tag: int,
+        body: bytes,
+        *,
+        consumer_tag: str = "ctag",
+        redelivered: bool = False,
+    ) -> None:
+        await self.send(
+            (
+                channel,
+                commands.Basic.Deliver(
+                    consumer_tag, delivery_tag, redelivered, "", "q"
+                ),
+            ),
+            (
+                channel,
+                pamqp_header.ContentHeader(0, len(body), commands.Basic.Properties()),
+            ),
+            (channel, pamqp_body.ContentBody(body)),
+        )
 
+    async def handshake(
+        self, *, heartbeat: int = 0, frame_max: int = 131072, channel_max: int = 2047
+    ) -> None:
+        header = bytes(self.buffer[:8])
+        while len(self.buffer) < 8:
+            await self._read()
+            header = bytes(self.buffer[:8])
+        del self.buffer[:8]
+        assert header == PROTOCOL_HEADER
+        await self.send(
+            (
+                0,
+                commands.Connection.Start(
+                    server_properties={"product": "FakeBroker"},
+                    mechanisms="PLAIN EXTERNAL",
+                    locales="en_US",
+                ),
+            )
+        )
+        self.start_ok = await self.expect(commands.Connection.StartOk, 0)
+        await self.send(
+            (0, commands.Connection.Tune(channel_max, frame_max, heartbeat))
+        )
+        await self.expect(commands.Connection.TuneOk, 0)
+        self.open = await self.expect(commands.Connection.Open, 0)
+        await self.send((0, commands.Connection.OpenOk()))
 
-def deliver(
-    channel: int,
-    delivery_tag: int,
-    body: bytes = b"body",
-    *,
-    consumer_tag: str = "ctag",
-    properties: commands.Basic.Properties | None = None,
-    chunk: int = 131072 - 8,
-) -> bytes:
-    method = commands.Basic.Deliver(consumer_tag, delivery_tag, False, "ex", "rk")
-    return content(channel, method, body, properties, chunk=chunk)
+    async def open_channel(self, *, confirms: bool = False) -> int:
+        """Answer a Channel.Open (and a Confirm.Select); return the number."""
+        await self.expect(commands.Channel.Open)
+        number = self.channel
+        replies: list[tuple[int, Frame]] = [(number, commands.Channel.OpenOk())]
+        if confirms:
+            await self.expect(commands.Confirm.Select, number)
+            replies.append((number, commands.Confirm.SelectOk()))
+        await self.send(*replies)
+        return number
 
+    async def start_consumer(self, *, prefetch: int = 0, tag: str = "ctag") -> int:
+        """Answer a consumer's Channel.Open, Basic.Qos and Basic.Consume."""
+        number = await self.open_channel()
+        if prefetch:
+            qos = await self.expect(commands.Basic.Qos, number)
+            assert (qos.prefetch_count, qos.global_) == (prefetch, False)
+            await self.send((number, commands.Basic.QosOk()))
+        await self.expect(commands.Basic.Consume, number)
+        await self.send((number, commands.Basic.ConsumeOk(tag)))
+        return number
 
-class Broker:
-    """The broker's side of a :class:`Connection`, scripted by a test."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def feed(self, data: bytes) -> list[Event]:
-        """Feed raw bytes and return every event they produce."""
-        self.conn.receive_data(data)
-        return self.events()
-
-    def send(self, *frames: tuple[int, Frame]) -> list[Event]:
-        """Feed pamqp frames and return every event they produce."""
-        return self.feed(encode(*frames))
-
-    def events(self) -> list[Event]:
-        events: list[Event] = []
-        while (event := self.conn.next_event()) is not NEED_DATA:
-            events.append(event)
-            if isinstance(event, EOFReceived):
-                break
-        return events
-
-    def sent(self) -> list[tuple[int, Any]]:
-        """Decode everything the connection queued since the last call."""
-        return decode(self.conn.data_to_send())
-
-    def sent_methods(self) -> list[tuple[int, Any]]:
-        return [
-            (channel, value)
-            for channel, value in self.sent()
-            if isinstance(value, pamqp_base.Frame)
-        ]
-
-    def reply(self, channel: int, method: pamqp_base.Frame) -> Event:
-        """Send one method and return the one event it produces."""
-        (event,) = self.send((channel, method))
-        return event
-
-
-def state(conn: Connection) -> ConnectionState:
-    """Return ``conn.state`` (a call, so that mypy does not narrow it for good)."""
-    return conn.state
-
-
-def blocked(conn: Connection) -> str | None:
-    """Return ``conn.blocked`` (a call, so that mypy does not narrow it for good)."""
-    return conn.blocked
-
-
-def only(sent: list[tuple[int, Any]], channel: int) -> Any:
-    """Return the one frame in *sent*, checking its channel."""
-    [(sent_channel, value)] = sent
-    assert sent_channel == channel
-    return value
-
-
-def start_frame(**kwargs: Any) -> commands.Connection.Start:
-    kwargs.setdefault("server_properties", {"product": "RabbitMQ"})
-    kwargs.setdefault("mechanisms", "AMQPLAIN PLAIN")
-    kwargs.setdefault("locales", "en_US")
-    return commands.Connection.Start(**kwargs)
-
-
-def handshake(
-    *, tune: tuple[int, int, int] = (2047, 131072, 60), **kwargs: Any
-) -> tuple[Connection, Broker]:
-    """Return an open connection and its broker."""
-    conn = Connection(**kwargs)
-    broker = Broker(conn)
-    assert conn.data_to_send() == PROTOCOL_HEADER
-    assert broker.send((0, start_frame())) == []
-    broker.send((0, commands.Connection.Tune(*tune)))
-    assert broker.send((0, commands.Connection.OpenOk())) == [
-        ConnectionOpened({"product": "RabbitMQ"}, *_negotiated(conn))
-    ]
-    broker.sent()
-    return conn, broker
-
-
-def _negotiated(conn: Connection) -> tuple[int, int, int]:
-    return conn.channel_max, conn.frame_max, conn.heartbeat
-
-
-def open_channel(conn: Connection, broker: Broker, *, confirms: bool = False) -> int:
-    channel = conn.open_channel()
-    events = broker.send((channel, commands.Channel.OpenOk()))
-    assert events == [ChannelOpened(channel)]
-    if confirms:
-        conn.confirm_select(channel)
-        broker.send((channel, commands.Confirm.SelectOk()))
-    broker.sent()
-    return channel
-
-
-def consume(conn: Connection, broker: Broker, channel: int, **kwargs: Any) -> None:
-    conn.basic_consume(channel, "q", "ctag", **kwargs)
-    assert broker.reply(channel, commands.Basic.ConsumeOk("ctag")) == BasicConsumeOk(
-        channel, "ctag"
-    )
-    broker.sent()
+    async def answer_close(self) -> None:
+        """Answer channel closes and the connection close, then hang up."""
+        while True:
+            try:
+                number, value = await self.receive()
+            except EOFError:
+                return
+            if isinstance(value, commands.Channel.Close):
+                await self.send((number, commands.Channel.CloseOk()))
+            elif isinstance(value, commands.Connection.Close):
+                await self.send((0, commands.Connection.CloseOk()))
+                await self.stream.aclose()
+                return
 
 
-def publish(conn: Connection, channel: int, count: int) -> list[int | None]:
-    """Publish *count* small messages; return their confirm tags."""
-    return [conn.basic_publish(channel, "", "q", b"x") for _ in range(count)]
+@asynccontextmanager
+async def connection(
+    nursery: trio.Nursery, *, heartbeat: int = 0, **kwargs: Any
+) -> AsyncIterator[tuple[AmqpConnection, FakeBroker]]:
+    """Open a connection to a fake broker; answer its close at the end.
 
-
-def check_broker_broke_amqp(data: bytes, match: str) -> None:
-    """Feed *data* to a consuming connection: it must fail as the broker's fault.
-
-    That is a :class:`~trioevents.RemoteProtocolError` matching *match*, with a
-    ``Connection.Close`` carrying an AMQP error code (501-505) queued to send.
+    The broker's own tasks run in *nursery* (pytest-trio's fixture), so that
+    what the connection raises comes out of the ``async with`` as it is.
     """
-    conn, broker = handshake()
-    channel = open_channel(conn, broker)
-    consume(conn, broker, channel)
-    with pytest.raises(RemoteProtocolError, match=match):
-        broker.feed(data)
-    close = only(broker.sent(), 0)
-    assert isinstance(close, commands.Connection.Close)
-    assert close.reply_code in range(501, 506)
+    client_stream, broker_stream = trio.testing.memory_stream_pair()
+    broker = FakeBroker(broker_stream)
+    nursery.start_soon(lambda: broker.handshake(heartbeat=heartbeat))
+    async with open_amqp_connection(
+        client_stream, heartbeat=heartbeat, **kwargs
+    ) as conn:
+        yield conn, broker
+        nursery.start_soon(broker.answer_close)
+
+
+async def start_task(nursery: trio.Nursery, fn: Any, *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)`` in *nursery*; return a dict that gets its outcome."""
+    outcome: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            outcome["result"] = await fn(*args)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    nursery.start_soon(run)
+    await trio.testing.wait_all_tasks_blocked()
+    return outcome
+
+
+async def publish_task(
+    nursery: trio.Nursery, conn: AmqpConnection, exchange: str, body: bytes, **kw: Any
+) -> dict[str, Any]:
+    async def publish() -> None:
+        await conn.publish(exchange, "k", body, **kw)
+
+    return await start_task(nursery, publish)

@@ -31,7 +31,7 @@ from trioevents.amqp._events import (
 )
 from trioevents.amqp._state import ChannelState
 
-from .fake_broker import (
+from .scripted_broker import (
     check_broker_broke_amqp,
     consume,
     content,

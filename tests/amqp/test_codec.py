@@ -19,7 +19,7 @@ from trioevents.amqp._codec import (
     to_field_table,
 )
 
-from .fake_broker import handshake, open_channel
+from .scripted_broker import handshake, open_channel
 
 
 def test_properties_round_trip_through_the_wire() -> None:

@@ -33,7 +33,7 @@ from trioevents.amqp._events import (
 from trioevents.amqp._protocol import Connection
 from trioevents.amqp._state import ConnectionState
 
-from .fake_broker import (
+from .scripted_broker import (
     Broker,
     check_broker_broke_amqp,
     consume,

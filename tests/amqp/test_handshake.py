@@ -17,7 +17,15 @@ from trioevents.amqp._handshake import CLIENT_CAPABILITIES
 from trioevents.amqp._protocol import Connection
 from trioevents.amqp._state import ConnectionState
 
-from .fake_broker import Broker, FakeClock, encode, handshake, only, start_frame, state
+from .scripted_broker import (
+    Broker,
+    FakeClock,
+    encode,
+    handshake,
+    only,
+    start_frame,
+    state,
+)
 
 
 def test_start_ok_carries_plain_credentials_and_capabilities() -> None:

@@ -2,7 +2,7 @@
 
 Its life (close handshakes, blocking, the end of the stream, a broker that
 breaks AMQP), the channel numbers it hands out, heartbeat timekeeping and
-publishing. No broker, no trio: :mod:`.fake_broker` plays the other side.
+publishing. No broker, no trio: :mod:`.scripted_broker` plays the other side.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from trioevents.amqp._events import (
 from trioevents.amqp._protocol import Connection
 from trioevents.amqp._state import ChannelState, ConnectionState
 
-from .fake_broker import (
+from .scripted_broker import (
     FakeClock,
     blocked,
     check_broker_broke_amqp,

@@ -37,7 +37,7 @@ from trioevents.amqp._events import (
 )
 from trioevents.amqp._protocol import Connection
 
-from .fake_broker import handshake, open_channel
+from .scripted_broker import handshake, open_channel
 
 
 def _attrs(method: pamqp_base.Frame) -> dict[str, Any]:

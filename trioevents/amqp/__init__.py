@@ -22,19 +22,27 @@ The package is built in layers, each importing only the ones above it:
     :class:`~._protocol.Connection`, the sans-IO AMQP 0-9-1 client that ties
     them together: fed bytes, it produces events and bytes to send. None of
     the modules so far imports trio or socket.
+``_dial``
+    Opening the byte stream: TCP, TLS, timeouts, the broker named in errors.
+``_channels``
+    The channels of a connection and what their users share with it (the
+    protocol, the writer's wake-up, the channel table); topology requests.
+``_publishing``
+    The publish bookkeeping: confirms, returns, re-sending after a refusal.
+``_consumer``
+    :class:`AmqpConsumer`: one queue on its own channel, and its states.
 ``_connection``
-    The only I/O: a reader, a writer and a heartbeat task drive the protocol
-    over a trio stream and implement :class:`trioevents.abc.Connection`.
+    The only reads and writes: a reader, a writer and a heartbeat task drive
+    the protocol over a trio stream and implement
+    :class:`trioevents.abc.Connection`.
 ``_transport``
     :class:`AmqpTransport`: URIs, TLS options, connecting.
 """
 
 from __future__ import annotations
 
-from ._connection import (
-    AmqpConnection as AmqpConnection,
-    AmqpConsumer as AmqpConsumer,
-)
+from ._connection import AmqpConnection as AmqpConnection
+from ._consumer import AmqpConsumer as AmqpConsumer
 from ._transport import (
     AmqpAddress as AmqpAddress,
     AmqpParameters as AmqpParameters,

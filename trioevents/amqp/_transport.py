@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 from .. import abc
 from .._exceptions import ConfigurationError
 from .._uri import AmqpAddress, parse_broker_uri
-from ._connection import connect_stream, open_amqp_connection
+from ._connection import open_amqp_connection
+from ._dial import connect_stream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

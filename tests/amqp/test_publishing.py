@@ -1,0 +1,241 @@
+"""Tests of publishing (:mod:`trioevents.amqp._publishing`) over a memory stream.
+
+Confirms, nacks and returns, cancelled publishes, a blocked connection and
+publishes re-sent after a refusal, against the scripted
+:class:`~tests.amqp.fake_broker.FakeBroker` on ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+from pamqp import body as pamqp_body, commands, header as pamqp_header
+
+from trioevents._exceptions import NotFound, PublishNotConfirmed
+from trioevents._message import Properties
+
+from .fake_broker import connection, publish_task
+
+# --------------------------------------------------------------------------- confirms
+
+
+async def test_publish_returns_once_confirmed(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        outcome = await publish_task(
+            nursery, conn, "x", b"hello", properties=Properties(message_id="m1")
+        )
+        channel = await broker.open_channel(confirms=True)
+        publish, properties, body = await broker.expect_message()
+        assert (publish.exchange, publish.routing_key, body) == ("x", "k", b"hello")
+        assert properties.message_id == "m1"
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == {}, "publish returned before its confirm"
+        await broker.send((channel, commands.Basic.Ack(1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == {"result": None}
+
+
+async def test_multiple_confirms_release_every_publish(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        outcomes = [
+            await publish_task(nursery, conn, "x", b"%d" % index) for index in range(3)
+        ]
+        channel = await broker.open_channel(confirms=True)
+        bodies = [(await broker.expect_message())[2] for _ in range(3)]
+        assert bodies == [b"0", b"1", b"2"]
+        await broker.send((channel, commands.Basic.Ack(3, multiple=True)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == [{"result": None}] * 3
+
+
+async def test_nack_raises_publish_not_confirmed(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        nacked = await publish_task(nursery, conn, "x", b"0")
+        acked = await publish_task(nursery, conn, "x", b"1")
+        channel = await broker.open_channel(confirms=True)
+        await broker.expect_message()
+        await broker.expect_message()
+        await broker.send(
+            (channel, commands.Basic.Nack(1)), (channel, commands.Basic.Ack(2))
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(nacked["error"], PublishNotConfirmed)
+        assert "nacked" in str(nacked["error"])
+        assert acked == {"result": None}
+
+
+async def test_returned_mandatory_publish_is_not_confirmed(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """The return is matched to its publish even when several are in flight."""
+    async with connection(nursery) as (conn, broker):
+        routed = await publish_task(nursery, conn, "x", b"same", mandatory=True)
+        returned = await publish_task(nursery, conn, "x", b"same", mandatory=True)
+        other = await publish_task(nursery, conn, "x", b"other", mandatory=True)
+        channel = await broker.open_channel(confirms=True)
+        for _ in range(3):
+            publish, _, _ = await broker.expect_message()
+            assert publish.mandatory
+        # Publish 1 was routed (its confirm is late), 2 came back, 3 was routed.
+        await broker.send(
+            (channel, commands.Basic.Return(312, "NO_ROUTE", "x", "k")),
+            (channel, pamqp_header.ContentHeader(0, 4, commands.Basic.Properties())),
+            (channel, pamqp_body.ContentBody(b"same")),
+            (channel, commands.Basic.Ack(2)),
+            (channel, commands.Basic.Ack(3, multiple=True)),
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert routed == {"result": None}
+        assert other == {"result": None}
+        error = returned["error"]
+        assert isinstance(error, PublishNotConfirmed)
+        assert "312 NO_ROUTE" in str(error)
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_publish_cancelled_before_it_is_queued_sends_nothing(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await conn.publish("x", "k", b"never")
+        assert scope.cancelled_caught
+        async with trio.open_nursery() as nursery:
+            outcome = await publish_task(nursery, conn, "x", b"sent")
+            channel = await broker.open_channel(confirms=True)
+            _, _, body = await broker.expect_message()
+            assert body == b"sent"
+            await broker.send((channel, commands.Basic.Ack(1)))
+        assert outcome == {"result": None}
+
+
+async def test_publish_cancelled_while_waiting_for_its_confirm_is_harmless(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        with trio.move_on_after(1) as scope:
+            await conn.publish("x", "k", b"first")
+        assert scope.cancelled_caught
+        channel = await broker.open_channel(confirms=True)
+        _, _, body = await broker.expect_message()
+        assert body == b"first"
+        async with trio.open_nursery() as nursery:
+            outcome = await publish_task(nursery, conn, "x", b"second")
+            _, _, body = await broker.expect_message()
+            assert body == b"second"
+            # The late confirm of the abandoned publish is simply dropped.
+            await broker.send(
+                (channel, commands.Basic.Ack(1)), (channel, commands.Basic.Ack(2))
+            )
+        assert outcome == {"result": None}
+
+
+async def test_randomly_cancelled_publishes_arrive_whole_or_not_at_all(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Thousands of deadlines at random points never split a message."""
+    rng = random.Random(4)
+    body = bytes(range(256)) * 1200  # a little over two frames
+    received: list[bytes] = []
+    confirmed: list[int] = []
+
+    async with connection(nursery) as (conn, broker):
+
+        async def serve() -> None:
+            channel = await broker.open_channel(confirms=True)
+            tag = 0
+            while True:
+                _, _, got = await broker.expect_message()
+                received.append(got)
+                tag += 1
+                if rng.random() < 0.5:
+                    await trio.sleep(rng.random() * 0.01)
+                await broker.send((channel, commands.Basic.Ack(tag)))
+
+        async with trio.open_nursery() as serving:
+            serving.start_soon(serve)
+            for attempt in range(300):
+                message = b"%04d" % attempt + body
+                with trio.move_on_after(rng.random() * 0.01):
+                    await conn.publish("x", "k", message)
+                    confirmed.append(attempt)
+            await conn.publish("x", "k", b"last")
+            serving.cancel_scope.cancel()
+    assert received[-1] == b"last"
+    for got in received[:-1]:
+        assert got[4:] == body, "a message arrived damaged"
+    numbers = [int(got[:4]) for got in received[:-1]]
+    assert numbers == sorted(set(numbers))
+    assert set(confirmed) <= set(numbers)
+    assert 0 < len(confirmed) < 300, "the deadlines did not vary the outcome"
+
+
+# --------------------------------------------------------------------------- flow
+
+
+async def test_blocked_connection_holds_publishes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        await broker.send((0, commands.Connection.Blocked("low on memory")))
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn.blocked == "low on memory"
+        outcome = await publish_task(nursery, conn, "x", b"held")
+        # Nothing is sent while blocked.
+        with trio.move_on_after(10):
+            await broker.expect(commands.Channel.Open)
+            pytest.fail("a publish went out while blocked")
+        await broker.send((0, commands.Connection.Unblocked()))
+        channel = await broker.open_channel(confirms=True)
+        _, _, body = await broker.expect_message()
+        assert body == b"held"
+        await broker.send((channel, commands.Basic.Ack(1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == {"result": None}
+        assert conn.blocked is None
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+async def test_publish_to_a_missing_exchange_leaves_publishing_usable(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with connection(nursery) as (conn, broker):
+        before = await publish_task(nursery, conn, "x", b"before")
+        refused = await publish_task(nursery, conn, "missing", b"refused")
+        after = await publish_task(nursery, conn, "x", b"after")
+        channel = await broker.open_channel(confirms=True)
+        for _ in range(3):
+            await broker.expect_message()
+        await broker.send(
+            (
+                channel,
+                commands.Channel.Close(
+                    404, "NOT_FOUND - no exchange 'missing' in vhost '/'", 60, 40
+                ),
+            )
+        )
+        await broker.expect(commands.Channel.CloseOk, channel)
+        # The publish behind the refused one is sent again on a new channel.
+        channel = await broker.open_channel(confirms=True)
+        publish, _, body = await broker.expect_message()
+        assert (publish.exchange, body) == ("x", b"after")
+        await broker.send((channel, commands.Basic.Ack(1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(refused["error"], NotFound)
+        # The one before was routed, but its confirm can no longer come.
+        assert isinstance(before["error"], PublishNotConfirmed)
+        assert after == {"result": None}

@@ -1,0 +1,68 @@
+"""Dialing the broker: the byte stream an AMQP connection runs over.
+
+:func:`connect_stream` opens TCP (and TLS on top of it) with one deadline for
+both, and turns every way that can fail into
+:class:`~trioevents.BrokerUnavailable` naming the broker as the caller calls it
+(a URI with its password masked), before any AMQP is spoken.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from .._exceptions import BrokerUnavailable
+
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["connect_stream"]
+
+
+async def connect_stream(
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    connect_timeout: float = 10.0,
+    peer: str = "the broker",
+) -> trio.abc.Stream:
+    """Open a TCP stream to *host*:*port*, with TLS if *ssl_context* is given.
+
+    The TLS handshake runs here, so that a certificate problem is reported as
+    :class:`~trioevents.BrokerUnavailable` before any AMQP is spoken.
+
+    Raises
+    ------
+    BrokerUnavailable
+        The broker cannot be reached, the TLS handshake failed, or both took
+        longer than *connect_timeout*.
+    """
+    tcp: trio.SocketStream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(host, port)
+            if ssl_context is None:
+                return tcp
+            tls = trio.SSLStream(
+                tcp, ssl_context, server_hostname=server_hostname or host
+            )
+            await tls.do_handshake()
+            return tls
+    except trio.TooSlowError:
+        error = BrokerUnavailable(
+            f"cannot connect to {peer}: no answer within {connect_timeout} s"
+        )
+        cause: BaseException | None = None
+    except (OSError, trio.BrokenResourceError) as exc:
+        reason = exc.__cause__ or exc
+        if tcp is None:
+            error = BrokerUnavailable(f"cannot connect to {peer}: {reason}")
+        else:
+            error = BrokerUnavailable(f"the TLS handshake with {peer} failed: {reason}")
+        cause = exc
+    if tcp is not None:
+        await trio.aclose_forcefully(tcp)
+    raise error from cause

@@ -1,0 +1,279 @@
+"""The publish bookkeeping of one connection: confirms, returns, re-sends.
+
+:class:`Publishing` owns the connection's publish channel (in confirm mode) and
+the publishes in flight on it. It is synchronous: the connection's
+:meth:`~._connection.AmqpConnection.publish` queues a :class:`Publish` whole
+with :meth:`Publishing.issue` and waits for its event; the reader task hands it
+confirms, nacks, returns and the close of the publish channel.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Final, final
+
+import attrs
+import trio
+
+from .._exceptions import InvalidRequest, LocalProtocolError, PublishNotConfirmed
+from ._channels import Role, Waiter, fresh
+from ._events import Nacked
+
+if TYPE_CHECKING:
+    from .._exceptions import ChannelClosedByBroker
+    from .._message import Properties
+    from ._channels import Channel, ChannelMux
+    from ._events import ChannelClosed, Confirmed, Returned
+
+__all__ = ["Publish", "Publishing"]
+
+#: Basic.Publish's (class id, method id): a channel error caused by a publish.
+_BASIC_PUBLISH: Final = (60, 40)
+#: The exchange a 403 / 404 reply text names, e.g. "no exchange 'x' in vhost 'v'".
+_EXCHANGE_IN_REPLY: Final = re.compile(
+    r"exchange '((?:[^']|'(?! in vhost))*)' in vhost"
+)
+
+
+@attrs.define(eq=False)
+class Publish:
+    """A published message waiting for its confirm."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+    mandatory: bool
+    event: trio.Event = attrs.Factory(trio.Event)
+    error: BaseException | None = None
+    returned: str | None = None
+    abandoned: bool = False
+
+    def done(self, error: BaseException | None = None) -> None:
+        if self.event.is_set():
+            return
+        self.error = error
+        self.event.set()
+
+    def describe(self) -> str:
+        return (
+            f"message to exchange {self.exchange!r} with routing key "
+            f"{self.routing_key!r}"
+        )
+
+
+@final
+class Publishing:
+    """The publish channel of a connection and the publishes in flight on it.
+
+    The channel is opened (in confirm mode) by the first publish and again by
+    the first one after the broker closed it.
+
+    Parameters
+    ----------
+    mux
+        The connection's channels: where the publish channel is opened and its
+        frames queued.
+    """
+
+    def __init__(self, mux: ChannelMux) -> None:
+        self._mux = mux
+        self._proto = mux.proto
+        #: The publish channel, or ``None`` until the next publish opens one.
+        self.channel: Channel | None = None
+        #: The current channel's unconfirmed publishes by confirm tag.
+        self._publishes: dict[int, Publish] = {}
+        #: The tag of the last publish matched to a Basic.Return.
+        self._last_returned = 0
+        #: Returns not matched yet, as (reason, candidate tags).
+        self._returns: deque[tuple[str, list[int]]] = deque()
+        #: Set while the broker takes publishes (see :meth:`update_blocked`).
+        self.unblocked = trio.Event()
+        self.unblocked.set()
+
+    def update_blocked(self) -> None:
+        """Hold publishes while the broker blocks them.
+
+        It does with ``Connection.Blocked`` (e.g. low on memory or disk) or with
+        ``Channel.Flow`` on the publish channel; :attr:`unblocked` is cleared
+        until both are over.
+        """
+        publisher = self.channel
+        blocked = self._proto.blocked is not None or (
+            publisher is not None and not publisher.flow_active
+        )
+        if blocked and self.unblocked.is_set():
+            self.unblocked = trio.Event()
+        elif not blocked:
+            self.unblocked.set()
+
+    def issue(self, pub: Publish) -> None:
+        """Queue *pub* on the publish channel (opened in confirm mode if needed).
+
+        One synchronous step: the whole message and its confirm tag, or nothing.
+        The caller wakes the writer.
+
+        Raises
+        ------
+        InvalidRequest
+            The message cannot be framed (e.g. properties larger than a frame).
+        """
+        ch = self.channel
+        if ch is None:
+            ch = self._mux.open_channel(Role.PUBLISH)
+            self._proto.confirm_select(ch.number)
+            ch.waiters.append(Waiter(abandoned=True))  # Confirm.Select-Ok
+            self.channel = ch
+        try:
+            tag = self._proto.basic_publish(
+                ch.number,
+                pub.exchange,
+                pub.routing_key,
+                pub.body,
+                pub.properties,
+                mandatory=pub.mandatory,
+            )
+        except LocalProtocolError as exc:  # e.g. properties larger than a frame
+            raise InvalidRequest(str(exc)) from exc
+        assert tag is not None
+        self._publishes[tag] = pub
+
+    def _forget_channel(self) -> list[tuple[int, Publish]]:
+        """Drop the publish channel; return its publishes in tag order."""
+        pending = sorted(self._publishes.items())
+        self.channel = None
+        self._publishes = {}
+        self._last_returned = 0
+        self._returns.clear()
+        return pending
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every publish in flight with *error*: the connection is gone.
+
+        Publishers held by a block are let go too (to find the connection gone).
+        """
+        self.unblocked.set()
+        for _, pub in self._forget_channel():
+            pub.done(error)
+
+    def on_channel_closed(
+        self, event: ChannelClosed, error: ChannelClosedByBroker
+    ) -> None:
+        """Settle the publishes of the publish channel the broker closed.
+
+        The broker handles publishes in order and discards everything after the
+        refused one, which is sent again on a new channel. The refused publish is
+        found by the exchange the reply names (a publish to a missing or internal
+        exchange). Earlier publishes the broker did not confirm yet are in doubt:
+        they were routed, but the confirm will never come.
+        """
+        pending = self._forget_channel()
+        culprit_index = None
+        match = _EXCHANGE_IN_REPLY.search(event.reply_text)
+        if (event.class_id, event.method_id) == _BASIC_PUBLISH and match is not None:
+            exchange = match.group(1)
+            for index, (_, pub) in enumerate(pending):
+                if pub.exchange == exchange:
+                    culprit_index = index
+                    break
+        if culprit_index is None:
+            for _, pub in pending:
+                pub.done(fresh(error))
+            return
+        for _, pub in pending[:culprit_index]:
+            pub.done(
+                PublishNotConfirmed(
+                    f"{pub.describe()} was not confirmed: the broker closed the "
+                    f"channel first ({error})"
+                )
+            )
+        pending[culprit_index][1].done(fresh(error))
+        for _, pub in pending[culprit_index + 1 :]:
+            if pub.abandoned:
+                pub.done(fresh(error))
+                continue
+            try:
+                self.issue(pub)
+            except Exception as exc:
+                pub.done(exc)
+        if self._proto.pending_output:
+            self._mux.wake_writer()
+
+    def on_confirm(self, event: Confirmed | Nacked) -> None:
+        """Release the publishes an ack or a nack of the broker names."""
+        ch = self.channel
+        if ch is None or ch.number != event.channel:
+            return  # not a publish channel, or one the broker closed
+        if self._returns:
+            self._match_returns(event.delivery_tags)
+        publishes = self._publishes
+        nacked = isinstance(event, Nacked)
+        for tag in event.delivery_tags:
+            pub = publishes.pop(tag, None)
+            if pub is None:
+                continue
+            if pub.returned is not None:
+                pub.done(
+                    PublishNotConfirmed(
+                        f"{pub.describe()} was returned: {pub.returned}"
+                    )
+                )
+            elif nacked:
+                pub.done(
+                    PublishNotConfirmed(
+                        f"{pub.describe()} was nacked by the broker (e.g. a full "
+                        "queue with x-overflow=reject-publish)"
+                    )
+                )
+            else:
+                pub.done()
+
+    def on_return(self, event: Returned) -> None:
+        """Note which publishes a ``Basic.Return`` may be about.
+
+        AMQP does not say which publish came back. The candidates are the
+        unconfirmed mandatory publishes with the same exchange, routing key and
+        body, after the last returned one (the broker returns in publish order).
+        The broker confirms a returned message right after the return, so the
+        next confirm that names a candidate tells which one it was.
+        """
+        ch = self.channel
+        if ch is None or ch.number != event.channel:
+            return
+        candidates = [
+            tag
+            for tag, pub in sorted(self._publishes.items())
+            if tag > self._last_returned
+            and pub.mandatory
+            and pub.returned is None
+            and pub.exchange == event.exchange
+            and pub.routing_key == event.routing_key
+            and pub.body == event.body
+        ]
+        if candidates:
+            self._returns.append((f"{event.reply_code} {event.reply_text}", candidates))
+
+    def _match_returns(self, tags: tuple[int, ...]) -> None:
+        """Resolve pending returns with the tags of a confirm, in return order."""
+        confirmed = set(tags)
+        returns = self._returns
+        while returns:
+            reason, candidates = returns[0]
+            chosen = next(
+                (t for t in candidates if t in confirmed and t > self._last_returned),
+                None,
+            )
+            if chosen is None:
+                if any(
+                    t in self._publishes
+                    and t not in confirmed
+                    and t > self._last_returned
+                    for t in candidates
+                ):
+                    return  # its confirm is still to come
+                returns.popleft()  # no candidate left: nothing to mark
+                continue
+            returns.popleft()
+            self._publishes[chosen].returned = reason
+            self._last_returned = chosen
