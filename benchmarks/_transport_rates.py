@@ -76,7 +76,7 @@ async def publish_no_confirm(params: dict[str, Any]) -> dict[str, Any]:
         await conn.declare_queue(queue, durable=True)
         # The seam has no unconfirmed publish: drive the sans-IO protocol on a
         # channel of our own that never got Confirm.Select.
-        from trioevents.amqp._channels import Role as _Role
+        from trioevents.amqp._mux import Role as _Role
 
         proto = conn._proto
         channel = conn._open_channel(_Role.CONSUMER)  # no consumer: only publishes

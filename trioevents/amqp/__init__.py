@@ -24,7 +24,7 @@ The package is built in layers, each importing only the ones above it:
     the modules so far imports trio or socket.
 ``_dial``
     Opening the byte stream: TCP, TLS, timeouts, the broker named in errors.
-``_channels``
+``_mux``
     The channels of a connection and what their users share with it (the
     protocol, the writer's wake-up, the channel table); topology requests.
 ``_publishing``

@@ -23,10 +23,10 @@ synchronous step (a whole message and its confirm tag in one
 either queued whole or not at all, and a task waiting for a reply or a confirm
 can be cancelled at any time.
 
-The channels (see :mod:`._channels`) are kept by a
-:class:`~._channels.RequestChannel` (topology), :class:`~._publishing.Publishing`
+The channels (see :mod:`._mux`) are kept by a
+:class:`~._mux.RequestChannel` (topology), :class:`~._publishing.Publishing`
 and each :class:`~._consumer.AmqpConsumer`, which share the connection's
-:class:`~._channels.ChannelMux`; the reader task hands them their events.
+:class:`~._mux.ChannelMux`; the reader task hands them their events.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ from .._validation import (
     check_properties,
     check_routing_key,
 )
-from ._channels import ChannelMux, RequestChannel, Role, fresh
 from ._consumer import AmqpConsumer, open_amqp_consumer
 from ._events import (
     NEED_DATA,
@@ -78,6 +77,7 @@ from ._events import (
     Reply,
     Returned,
 )
+from ._mux import ChannelMux, RequestChannel, Role, fresh
 from ._protocol import Connection as ProtocolConnection
 from ._publishing import Publish, Publishing
 
@@ -86,8 +86,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from .._message import Properties
-    from ._channels import Channel
     from ._events import Event
+    from ._mux import Channel
 
 __all__ = ["AmqpConnection", "open_amqp_connection"]
 

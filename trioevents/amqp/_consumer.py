@@ -3,8 +3,8 @@
 :func:`open_amqp_consumer` opens a channel, sets its prefetch, starts consuming
 and yields an :class:`AmqpConsumer`; leaving it closes the channel, which makes
 the broker requeue every unsettled delivery. The consumer gets the connection's
-:class:`~._channels.ChannelMux` and nothing else of it; the connection's reader
-task drives it through :class:`~._channels.ChannelConsumer`.
+:class:`~._mux.ChannelMux` and nothing else of it; the connection's reader
+task drives it through :class:`~._mux.ChannelConsumer`.
 
 States (:class:`_ConsumerState`)::
 
@@ -29,14 +29,14 @@ from .. import abc
 from .._exceptions import ChannelClosedByBroker, ConnectionLost, ConsumerCancelled
 from .._message import Delivery, Settlement
 from .._validation import check_name, check_prefetch
-from ._channels import Role, Waiter, fresh
 from ._events import BasicCancelOk, BasicConsumeOk
+from ._mux import Role, Waiter, fresh
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ._channels import Channel, ChannelMux
     from ._events import Delivered, Reply
+    from ._mux import Channel, ChannelMux
 
 __all__ = ["AmqpConsumer", "open_amqp_consumer"]
 
@@ -113,7 +113,7 @@ class AmqpConsumer(abc.Consumer):
     :meth:`receive` returns them.
 
     The ``on_*`` methods are for the connection's reader task (they implement
-    ``_channels.ChannelConsumer``), not for users.
+    ``_mux.ChannelConsumer``), not for users.
     """
 
     def __init__(

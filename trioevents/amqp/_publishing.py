@@ -17,14 +17,14 @@ import attrs
 import trio
 
 from .._exceptions import InvalidRequest, LocalProtocolError, PublishNotConfirmed
-from ._channels import Role, Waiter, fresh
 from ._events import Nacked
+from ._mux import Role, Waiter, fresh
 
 if TYPE_CHECKING:
     from .._exceptions import ChannelClosedByBroker
     from .._message import Properties
-    from ._channels import Channel, ChannelMux
     from ._events import ChannelClosed, Confirmed, Returned
+    from ._mux import Channel, ChannelMux
 
 __all__ = ["Publish", "Publishing"]
 
