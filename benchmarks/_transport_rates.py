@@ -79,7 +79,7 @@ async def publish_no_confirm(params: dict[str, Any]) -> dict[str, Any]:
         from trioevents.amqp._mux import Role as _Role
 
         proto = conn._proto
-        channel = conn._open_channel(_Role.CONSUMER)  # no consumer: only publishes
+        channel = conn._mux.open_channel(_Role.CONSUMER)  # no consumer: publishes only
         high_water = 1 << 20
         start = time.perf_counter()
         for i in range(messages):

@@ -87,7 +87,6 @@ if TYPE_CHECKING:
 
     from .._message import Properties
     from ._events import Event
-    from ._mux import Channel
 
 __all__ = ["AmqpConnection", "open_amqp_connection"]
 
@@ -321,11 +320,6 @@ class AmqpConnection(abc.Connection):
 
     def _wake_writer(self) -> None:
         self._output_ready.set()
-
-    def _open_channel(self, role: Role) -> Channel:
-        # For benchmarks/_transport_rates.py, which publishes without confirms
-        # on a channel of its own; the connection's parts use the mux.
-        return self._mux.open_channel(role)
 
     async def _writer(self) -> None:
         proto = self._proto
