@@ -47,6 +47,7 @@ from ._extensions import (
 from ._host import ServiceHost as ServiceHost
 from ._memory import MemoryTransport as MemoryTransport
 from ._message import (
+    Defect as Defect,
     Delivery as Delivery,
     ExchangeType as ExchangeType,
     Properties as Properties,
@@ -71,6 +72,7 @@ __all__ = [
     "ConnectionContext",
     "ConnectionLost",
     "ConsumerCancelled",
+    "Defect",
     "Delivery",
     "DependencyProvider",
     "Entrypoint",

@@ -73,7 +73,12 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
     if parsed.memory_name is not None:
         return MemoryTransport(parsed.memory_name)
     config = config if config is not None else Config()
-    return AmqpTransport(uri, heartbeat=config.heartbeat, ssl_options=config.amqp_ssl)
+    return AmqpTransport(
+        uri,
+        heartbeat=config.heartbeat,
+        ssl_options=config.amqp_ssl,
+        max_message_size=config.max_message_size,
+    )
 
 
 @final

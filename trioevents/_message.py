@@ -13,7 +13,14 @@ from ._exceptions import AlreadySettled
 if TYPE_CHECKING:
     import datetime
 
-__all__ = ["Delivery", "ExchangeType", "Properties", "QueueDeclared", "Settlement"]
+__all__ = [
+    "Defect",
+    "Delivery",
+    "ExchangeType",
+    "Properties",
+    "QueueDeclared",
+    "Settlement",
+]
 
 
 class ExchangeType(enum.Enum):
@@ -98,6 +105,29 @@ class Settlement(enum.Enum):
     REJECT = "reject"
 
 
+@final
+@attrs.frozen
+class Defect:
+    """Why a delivery could not be read as it was sent.
+
+    The RabbitMQ transport delivers such a message rather than break the
+    connection on it; event handlers dead-letter it (or, when its body was not
+    kept, reject it without requeue) with the reason.
+
+    Attributes
+    ----------
+    reason
+        What is wrong, e.g. ``"the message's properties are not valid:
+        message_id is not valid UTF-8"``.
+    body_dropped
+        The body was larger than ``MAX_MESSAGE_SIZE`` and was not read: the
+        delivery's body is empty.
+    """
+
+    reason: str
+    body_dropped: bool = False
+
+
 #: Signature of the transport's settle function: ``(delivery, how, requeue)``.
 Settler = Callable[["Delivery", Settlement, bool], Awaitable[None]]
 
@@ -126,6 +156,9 @@ class Delivery:
         The message body.
     consumer_tag
         The tag of the consumer the message was delivered to.
+    defect
+        Why the message could not be read as sent (see :class:`Defect`), or
+        ``None`` for a sound message.
     """
 
     delivery_tag: int
@@ -136,6 +169,7 @@ class Delivery:
     body: bytes
     consumer_tag: str
     _settler: Settler = attrs.field(repr=False, alias="settler")
+    defect: Defect | None = None
     _settled: Settlement | None = attrs.field(default=None, init=False, repr=False)
 
     @property

@@ -9,9 +9,12 @@ decoded), the attempt number and the handler's options, and returns one of
   redelivers the message;
 * :class:`Retry` -- the ``retry`` policy covers the error and has attempts left:
   a copy waits in the retry queue for ``delay_ms``, then comes back;
-* :class:`DeadLetter` -- the payload cannot be decoded, or the ``retry``
-  policy gave up (attempts exhausted, or an error it does not retry): a copy
-  goes to the dead-letter queue.
+* :class:`DeadLetter` -- the payload (or the message's properties) cannot be
+  decoded, or the ``retry`` policy gave up (attempts exhausted, or an error it
+  does not retry): a copy goes to the dead-letter queue;
+* :class:`Reject` -- the message's body was too large to be read at all: there
+  is nothing to copy, so it is rejected without requeue (the broker
+  dead-letters it if its queue has a dead-letter exchange).
 
 No I/O happens here; :mod:`._outcome` carries a decision out.
 """
@@ -25,7 +28,7 @@ import attrs
 if TYPE_CHECKING:
     from ._retry import Backoff
 
-__all__ = ["Ack", "DeadLetter", "Decision", "Requeue", "Retry", "decide"]
+__all__ = ["Ack", "DeadLetter", "Decision", "Reject", "Requeue", "Retry", "decide"]
 
 
 @final
@@ -57,7 +60,13 @@ class DeadLetter:
     undecodable: bool = False
 
 
-Decision = Ack | Requeue | Retry | DeadLetter
+@final
+@attrs.frozen
+class Reject:
+    """Reject the delivery without requeue (its body was not kept)."""
+
+
+Decision = Ack | Requeue | Retry | DeadLetter | Reject
 
 
 def decide(
@@ -67,6 +76,7 @@ def decide(
     retry: Backoff | None = None,
     requeue_on_error: bool | tuple[type[BaseException], ...] = False,
     undecodable: bool = False,
+    body_dropped: bool = False,
 ) -> Decision:
     """Decide what happens to a delivery once its handler ended.
 
@@ -85,7 +95,11 @@ def decide(
         requeue.
     undecodable
         The payload could not be decoded: no handler ran.
+    body_dropped
+        The message's body was too large to be read: no handler ran.
     """
+    if body_dropped:
+        return Reject()
     if undecodable:
         return DeadLetter(undecodable=True)
     if error is None:

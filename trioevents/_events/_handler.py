@@ -396,6 +396,21 @@ class EventHandler(Entrypoint):
 
     async def _handle_delivery(self, site: HandlerSite, delivery: Delivery) -> None:
         attempt = attempts_so_far(delivery.properties.headers, site.queue.name)
+        defect = delivery.defect
+        if defect is not None:
+            unreadable = SerializationError(defect.reason)
+            decision = decide(
+                unreadable, undecodable=True, body_dropped=defect.body_dropped
+            )
+            await carry_out(
+                decision,
+                delivery,
+                site,
+                error=unreadable,
+                attempt=attempt,
+                call_id=None,
+            )
+            return
         try:
             payload = self.service.codec.decode(delivery, self._annotation)
         except SerializationError as exc:

@@ -24,7 +24,7 @@ import trio
 
 from .._connecting import LOST
 from .._exceptions import BrokerUnavailable, InvalidRequest, TransportError
-from ._failure import Ack, DeadLetter, Requeue, Retry
+from ._failure import Ack, DeadLetter, Reject, Requeue, Retry
 from ._retry import ORIGINAL_ROUTING_KEY_HEADER, copied_headers, dead_letter_headers
 from ._topology import dead_letter_queue, retry_queue
 
@@ -150,6 +150,15 @@ async def carry_out(
             await _copy_then_ack(
                 delivery, site, retry_queue(site.queue, delay_ms), error, attempt
             )
+        case Reject():
+            logger.error(
+                "rejecting event %r from %r for %s (message id %s) without "
+                "requeue: %s (dead-lettered only if its queue has a dead-letter "
+                "exchange)",
+                *event,
+                error,
+            )
+            await settle(delivery, requeue=False, reject=True)
         case DeadLetter(undecodable=True):
             dlq = dead_letter_queue(site.queue)
             logger.error(

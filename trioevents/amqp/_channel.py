@@ -20,7 +20,6 @@ import attrs
 from pamqp import commands, frame as pamqp_frame
 
 from .._exceptions import LocalProtocolError
-from ._codec import properties_from_pamqp
 from ._events import (
     ChannelClosed,
     ChannelFlow,
@@ -37,10 +36,11 @@ from ._state import ChannelState, ConfirmTracker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pamqp import base as pamqp_base, header as pamqp_header
+    from pamqp import base as pamqp_base
 
     from .._message import Properties
     from ._events import Event, Reply
+    from ._header import ContentHeader
     from ._state import Request
 
 __all__ = ["Channel", "Content", "Pending"]
@@ -74,6 +74,10 @@ class Content:
     body_size: int = 0
     received: int = 0
     chunks: list[bytes] = attrs.Factory(list)
+    #: Why the properties could not be read as sent, if they could not.
+    problem: str | None = None
+    #: The body is larger than the channel keeps: its frames are counted only.
+    dropping: bool = False
 
 
 @final
@@ -90,11 +94,14 @@ class Channel:
     release
         Called with :attr:`number` once the channel is closed (by the broker,
         or by its ``Close-Ok``): the number is free again.
+    max_body_size
+        The largest body kept; larger ones are not buffered (``None``: no limit).
     """
 
     number: int
     send: Callable[[bytes], None]
     release: Callable[[int], object]
+    max_body_size: int | None = attrs.field(default=None, kw_only=True)
     state: ChannelState = ChannelState.OPENING
     #: Requests awaiting replies, oldest first (replies come in order).
     pending: deque[Pending] = attrs.Factory(deque)
@@ -271,8 +278,8 @@ class Channel:
     # ------------------------------------------------------------------
     # The broker's content
 
-    def on_header(self, value: pamqp_header.ContentHeader) -> Event | None:
-        """Take a content header frame the broker sent on this channel.
+    def on_header(self, header: ContentHeader) -> Event | None:
+        """Take a content header the broker sent on this channel.
 
         Raises
         ------
@@ -288,12 +295,19 @@ class Channel:
             )
         if content.properties is not None:
             raise Violation(505, f"second content header on channel {self.number}")
-        class_id: object = value.class_id  # pamqp declares it None
-        if class_id != BASIC_CLASS_ID:
-            raise Violation(505, f"content header of class {class_id}")
-        content.properties = properties_from_pamqp(value.properties)
-        content.body_size = value.body_size
-        if value.body_size == 0:
+        if header.class_id != BASIC_CLASS_ID:
+            raise Violation(505, f"content header of class {header.class_id}")
+        content.properties = header.properties
+        content.body_size = header.body_size
+        content.problem = header.problem
+        limit = self.max_body_size
+        if limit is not None and header.body_size > limit:
+            content.dropping = True
+            content.problem = (
+                f"its body of {header.body_size} bytes exceeds MAX_MESSAGE_SIZE "
+                f"({limit} bytes): not read"
+            )
+        if header.body_size == 0:
             return self._content_done(content, b"")
         return None
 
@@ -318,6 +332,12 @@ class Channel:
                 501,
                 f"content body on channel {self.number} longer than the announced "
                 f"{content.body_size} bytes",
+            )
+        if content.dropping:
+            return (
+                None
+                if content.received < content.body_size
+                else (self._content_done(content, b""))
             )
         if content.received < content.body_size:
             content.chunks.append(data)
@@ -347,6 +367,8 @@ class Channel:
                 method.routing_key or "",
                 properties,
                 body,
+                problem=content.problem,
+                body_dropped=content.dropping,
             )
         return Returned(
             self.number,

@@ -108,6 +108,7 @@ async def open_amqp_connection(
     client_properties: Mapping[str, Any] | None = None,
     handshake_timeout: float = 10.0,
     close_timeout: float = 5.0,
+    max_body_size: int | None = None,
     peer: str = "the broker",
 ) -> AsyncIterator[AmqpConnection]:
     """Run an AMQP 0-9-1 connection over *stream* (which it closes at the end).
@@ -140,6 +141,8 @@ async def open_amqp_connection(
     close_timeout
         How long the close handshake (of the connection and of each consumer)
         may take.
+    max_body_size
+        The largest message body read; larger ones are skipped, not buffered.
     peer
         How to name the broker in error messages (never with a password).
 
@@ -162,6 +165,7 @@ async def open_amqp_connection(
             channel_max=channel_max,
             client_properties=client_properties,
             clock=trio.current_time,
+            max_body_size=max_body_size,
         )
     except BaseException:
         with trio.CancelScope(shield=True):

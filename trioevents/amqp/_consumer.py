@@ -27,7 +27,7 @@ import trio
 
 from .. import abc
 from .._exceptions import ChannelClosedByBroker, ConnectionLost, ConsumerCancelled
-from .._message import Delivery, Settlement
+from .._message import Defect, Delivery, Settlement
 from .._validation import check_name, check_prefetch
 from ._events import BasicCancelOk, BasicConsumeOk
 from ._mux import Role, Waiter, fresh
@@ -183,6 +183,9 @@ class AmqpConsumer(abc.Consumer):
                     body=event.body,
                     consumer_tag=event.consumer_tag,
                     settler=self._settle,
+                    defect=None
+                    if event.problem is None
+                    else Defect(event.problem, body_dropped=event.body_dropped),
                 )
             )
             self._wake()

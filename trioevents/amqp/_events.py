@@ -418,9 +418,14 @@ class Delivered(ChannelEvent):
     exchange, routing_key
         Where the message was published.
     properties
-        The message's properties.
+        The message's properties, as far as they could be read.
     body
-        The whole body, reassembled from its body frames.
+        The whole body, reassembled from its body frames (empty if dropped).
+    problem
+        Why the message could not be read as it was sent (properties that do
+        not decode, a body over the size limit), or ``None``.
+    body_dropped
+        The body was larger than the limit and was not kept.
     """
 
     consumer_tag: str
@@ -430,6 +435,8 @@ class Delivered(ChannelEvent):
     routing_key: str
     properties: Properties
     body: bytes
+    problem: str | None = attrs.field(default=None, kw_only=True)
+    body_dropped: bool = attrs.field(default=False, kw_only=True)
 
 
 @final

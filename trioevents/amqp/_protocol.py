@@ -52,7 +52,6 @@ from pamqp import (
     base as pamqp_base,
     commands,
     frame as pamqp_frame,
-    header as pamqp_header,
 )
 
 from .._exceptions import (
@@ -95,6 +94,7 @@ from ._frames import (
     frame_message,
 )
 from ._handshake import CLIENT_CAPABILITIES, Handshake
+from ._header import decode_content_header
 from ._requests import ChannelRequests
 from ._state import (
     CHANNEL_OPEN,
@@ -143,6 +143,10 @@ class Connection(ChannelRequests):
     clock
         Returns the current time in seconds; :attr:`last_received` and
         :attr:`last_sent` are measured with it (pass ``trio.current_time``).
+    max_body_size
+        The largest message body kept (``MAX_MESSAGE_SIZE``); a larger one is
+        skipped as its frames arrive, never buffered, and delivered with an
+        empty body and a problem saying so. ``None``: no limit.
 
     Raises
     ------
@@ -163,6 +167,7 @@ class Connection(ChannelRequests):
         client_properties: Mapping[str, Any] | None = None,
         locale: str = "en_US",
         clock: Callable[[], float] = time.monotonic,
+        max_body_size: int | None = None,
     ) -> None:
         self._handshake = Handshake(
             username=username,
@@ -176,6 +181,7 @@ class Connection(ChannelRequests):
             locale=locale,
         )
         self._clock = clock
+        self._max_body_size = max_body_size
         self._heartbeat = heartbeat
         self._frame_max = frame_max
         self._channel_max = channel_max or 65535
@@ -393,15 +399,19 @@ class Connection(ChannelRequests):
         if frame_type == FRAME_BODY:
             ch = self._content_channel(channel, "content body")
             return None if ch is None else ch.on_body(data)
-        if frame_type not in (FRAME_METHOD, FRAME_CONTENT_HEADER):
+        if frame_type == FRAME_CONTENT_HEADER:
+            # Read by us, leniently: bad properties are a bad message, not a
+            # broken connection (see ._header).
+            ch = self._content_channel(channel, "content header")
+            if ch is None:
+                return None
+            return ch.on_header(decode_content_header(memoryview(data)[7:-1]))
+        if frame_type != FRAME_METHOD:
             raise Violation(501, f"unknown frame type {frame_type}")
         try:
             _, _, value = pamqp_frame.unmarshal(data)
         except DECODE_ERRORS as exc:
             raise Violation(502, f"cannot decode frame: {exc}") from None
-        if isinstance(value, pamqp_header.ContentHeader):
-            ch = self._content_channel(channel, "content header")
-            return None if ch is None else ch.on_header(value)
         if not isinstance(value, pamqp_base.Frame):  # pragma: no cover - by type
             raise Violation(501, f"unexpected {type(value).__name__}")
         if channel == 0:
@@ -584,7 +594,9 @@ class Connection(ChannelRequests):
         else:
             raise LocalProtocolError(f"all {self._channel_max} channels are in use")
         self._queue(pamqp_frame.marshal(CHANNEL_OPEN.method(), number))
-        ch = Channel(number, self._queue, channels.pop)
+        ch = Channel(
+            number, self._queue, channels.pop, max_body_size=self._max_body_size
+        )
         ch.pending.append(Pending(CHANNEL_OPEN))
         channels[number] = ch
         return number

@@ -150,6 +150,10 @@ class AmqpTransport(abc.Transport):
         ``{"connection_name": "orders"}``.
     close_timeout
         How long closing a connection or a consumer may wait for the broker.
+    max_message_size
+        The largest message body read (``MAX_MESSAGE_SIZE``); a larger one is
+        skipped as it arrives, never buffered, and delivered with an empty body
+        and a :class:`~trioevents.Defect` saying so. ``None``: no limit.
 
     Raises
     ------
@@ -168,6 +172,7 @@ class AmqpTransport(abc.Transport):
         channel_max: int = 2047,
         client_properties: Mapping[str, Any] | None = None,
         close_timeout: float = 5.0,
+        max_message_size: int | None = None,
     ) -> None:
         parsed = parse_broker_uri(uri)
         if parsed.is_memory:
@@ -190,6 +195,7 @@ class AmqpTransport(abc.Transport):
         )
         self._client_properties = dict(client_properties or {})
         self._close_timeout = close_timeout
+        self._max_message_size = max_message_size
         tls = params.tls or (ssl_options is not None and ssl_options is not False)
         self._ssl_context = make_ssl_context(ssl_options) if tls else None
         self._server_hostname = None
@@ -261,6 +267,7 @@ class AmqpTransport(abc.Transport):
             client_properties=self._client_properties,
             handshake_timeout=self._connect_timeout,
             close_timeout=self._close_timeout,
+            max_body_size=self._max_message_size,
             peer=peer,
         ) as connection:
             yield connection
