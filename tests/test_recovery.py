@@ -17,8 +17,8 @@ from trioevents import (
     ServiceHost,
     event_handler,
 )
+from trioevents.testing import FlakyTransport
 
-from .flaky import FlakyTransport
 from .helpers import Recorder, fresh_uri, queue_depth
 
 recorder = Recorder()
