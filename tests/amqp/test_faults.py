@@ -1,6 +1,6 @@
 """Fault injection against the live RabbitMQ: cuts, stalls, a slow link, a restart.
 
-A :class:`~tests.tcpproxy.TcpProxy` sits between the hosts and RabbitMQ. A
+A :class:`~tests.support.tcpproxy.TcpProxy` sits between the hosts and RabbitMQ. A
 service host consumes a stream of numbered events through it while a
 dispatcher (through it too, so that confirms can be lost) sends them, and the
 proxy breaks the link. What must hold whatever the faults:
@@ -51,7 +51,7 @@ from trioevents import (
     event_handler,
 )
 
-from ..tcpproxy import TcpProxy, open_tcp_proxy
+from ..support.tcpproxy import TcpProxy, open_tcp_proxy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
