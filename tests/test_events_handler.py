@@ -278,14 +278,25 @@ def test_timeout_must_be_positive() -> None:
 ONE_AT_A_TIME = {"max_workers": 1, "SHUTDOWN_GRACE": 1}
 
 
-class Hanging:
-    name = "hanging"
+def hanging(service_name: str, **options: Any) -> type:
+    """A service whose handler never returns for ``{"hang": true}`` (0.2 s timeout)."""
 
-    @event_handler(SOURCE, EVENT, timeout=0.2)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload)
-        if payload.get("hang"):
-            await trio.sleep_forever()
+    class Hanging:
+        name = service_name
+
+        @event_handler(SOURCE, EVENT, timeout=0.2, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder.record(self.name, payload)
+            if payload.get("hang"):
+                await trio.sleep_forever()
+
+    return Hanging
+
+
+async def hang_then_ping(uri: str) -> None:
+    """Dispatch an event whose handler hangs (message id "stuck"), then a good one."""
+    await dispatch(uri, SOURCE, EVENT, {"hang": True}, message_id="stuck")
+    await ping(uri, 1)
 
 
 async def test_a_handler_that_never_returns_times_out_and_is_acked(
@@ -296,9 +307,8 @@ async def test_a_handler_that_never_returns_times_out_and_is_acked(
 ) -> None:
     """Without a retry policy a timed-out event is acked and logged (nameko)."""
     queue = "evt-src-ping--hanging.handle"
-    await host_factory(Hanging, ONE_AT_A_TIME)
-    await dispatch(broker_uri, SOURCE, EVENT, {"hang": True}, message_id="stuck")
-    await ping(broker_uri, 1)
+    await host_factory(hanging("hanging"), ONE_AT_A_TIME)
+    await hang_then_ping(broker_uri)
     calls = await recorder.wait_for(2)
     assert [payload for _, payload in calls] == [{"hang": True}, {"n": 1}]
     (line,) = problems(caplog, "stuck", "acked (not requeued)")
@@ -311,16 +321,6 @@ async def test_a_handler_that_never_returns_times_out_and_is_acked(
     assert await take_all(broker_uri, f"{queue}.dlq") == []
 
 
-class HangingWithRetry:
-    name = "hanging_retry"
-
-    @event_handler(SOURCE, EVENT, timeout=0.2, retry=Backoff(0.05))
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload)
-        if payload.get("hang"):
-            await trio.sleep_forever()
-
-
 async def test_a_handler_that_never_returns_is_retried_then_dead_lettered(
     broker_uri: str,
     host_factory: HostFactory,
@@ -328,9 +328,9 @@ async def test_a_handler_that_never_returns_is_retried_then_dead_lettered(
     broker_clock: trio.testing.MockClock | None,
 ) -> None:
     queue = "evt-src-ping--hanging_retry.handle"
-    await host_factory(HangingWithRetry, {**ONE_AT_A_TIME, "max_workers": 2})
-    await dispatch(broker_uri, SOURCE, EVENT, {"hang": True}, message_id="stuck")
-    await ping(broker_uri, 1)
+    service = hanging("hanging_retry", retry=Backoff(0.05))
+    await host_factory(service, {**ONE_AT_A_TIME, "max_workers": 2})
+    await hang_then_ping(broker_uri)
     (dead,) = await dead_letters(broker_uri, queue)
     calls = await recorder.wait_for(3)
     assert sorted(str(payload) for _, payload in calls) == [
