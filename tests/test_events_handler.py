@@ -33,7 +33,7 @@ from .support.brokers import (
     queue_exists,
     take_all,
 )
-from .support.recording import Recorder, problems
+from .support.recording import Recorder, log_lines, problems, watch_log
 
 if TYPE_CHECKING:
     from trioevents.testing import HostFactory
@@ -257,6 +257,67 @@ async def test_a_queue_declared_with_other_arguments_stops_serve_clearly(
         )
     with pytest.raises(PreconditionFailed, match="inequivalent arg"):
         await host_factory(Pool)
+
+
+# ------------------------------------------------- what the broker does to a queue
+
+#: Quick reconnects, for the tests where the broker closes a channel.
+RECONNECTING = {"RECONNECT_DELAY": 0.05, "RECONNECT_MAX_DELAY": 0.2}
+
+
+async def test_a_queue_deleted_under_its_consumer_is_declared_and_consumed_again(
+    broker_uri: str,
+    host_factory: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = "evt-src-ping--pool.handle"
+    host = await host_factory(Pool, RECONNECTING)
+    with watch_log() as log:
+        async with connect(broker_uri) as connection:
+            await connection.delete_queue(queue)
+        await log.wait_for(f"consuming {queue!r}", within=20)
+    await ping(broker_uri, 1)
+    assert await recorder.wait_for(1) == [("pool", 1)]
+    assert host.serving
+    assert log_lines(caplog, "the broker cancelled the consumer of", queue)
+
+
+class Exclusive:
+    name = "exclusive"
+
+    @StableBroadcast.decorator(
+        SOURCE, EVENT, handler_type=BROADCAST, reliable_delivery=False
+    )
+    async def handle(self, payload: dict[str, Any]) -> None:
+        recorder.record(self.name, payload["n"])
+
+
+async def test_an_exclusive_queue_held_by_another_connection_is_waited_for(
+    broker_uri: str,
+    host_factory: HostFactory,
+    nursery: trio.Nursery,
+    broker_clock: trio.testing.MockClock | None,
+) -> None:
+    queue = "evt-src-ping--exclusive.handle-node-7"
+    held = trio.Event()
+    release = trio.Event()
+
+    async def hold() -> None:
+        async with connect(broker_uri) as connection:
+            await connection.declare_queue(queue, auto_delete=True, exclusive=True)
+            held.set()
+            await release.wait()
+
+    nursery.start_soon(hold)
+    await held.wait()
+    with watch_log() as log:
+        async with trio.open_nursery() as starting:
+            starting.start_soon(host_factory, Exclusive, RECONNECTING)
+            # it waits, and tries again
+            await log.wait_for("is still held by an earlier connection", 2, within=20)
+            release.set()  # the other connection goes: the queue with it
+    await ping(broker_uri, 1)
+    assert await recorder.wait_for(1) == [("exclusive", 1)]
 
 
 # ------------------------------------------------------------------------ options

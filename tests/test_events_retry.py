@@ -23,8 +23,15 @@ from trioevents import (
 )
 from trioevents._events._retry import attempts_so_far
 
-from .support.brokers import dead_letters, dispatch, publish, queue_depth, queue_exists
-from .support.recording import Recorder, problems
+from .support.brokers import (
+    connect,
+    dead_letters,
+    dispatch,
+    publish,
+    queue_depth,
+    queue_exists,
+)
+from .support.recording import Recorder, log_lines, problems, watch_log
 
 if TYPE_CHECKING:
     from trioevents.testing import HostFactory
@@ -34,6 +41,8 @@ EVENT = "ping"
 QUEUE_PREFIX = "evt-src-ping--"
 #: The retry delays, in seconds: short, and each different from the others.
 DELAYS = (0.1, 0.3, 0.5)
+#: Quick reconnects, for the tests where the broker closes a channel.
+RECONNECTING = {"RECONNECT_DELAY": 0.05, "RECONNECT_MAX_DELAY": 0.2}
 
 recorder = Recorder()
 
@@ -168,6 +177,75 @@ async def test_errors_the_policy_does_not_retry_go_to_the_dlq_at_once(
         "ValueError: never worth a retry"
     )
     assert len(recorder.calls) == 1
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise AttributeError("no message for you")
+
+
+class Unprintable:
+    name = "unprintable"
+
+    @event_handler(SOURCE, EVENT, retry=Backoff(0.1))
+    async def handle(self, payload: Any) -> None:
+        recorder.record("ran", payload)
+        raise UnprintableError
+
+
+async def test_an_exception_whose_str_fails_is_retried_then_dead_lettered(
+    broker_uri: str,
+    host_factory: HostFactory,
+    broker_clock: trio.testing.MockClock | None,
+) -> None:
+    await host_factory(Unprintable, RECONNECTING)
+    await dispatch(broker_uri, SOURCE, EVENT, {"n": 1})
+    (dead,) = await dead_letters(broker_uri, QUEUE_PREFIX + "unprintable.handle")
+    assert dead.properties.headers is not None
+    error = dead.properties.headers["x-trioevents-error"]
+    assert error == "UnprintableError: <str() failed: AttributeError>"
+    assert len(recorder.calls) == 2
+
+
+class RetryLater:
+    name = "retry_later"
+
+    @event_handler(SOURCE, EVENT, retry=Backoff(0.2))
+    async def handle(self, payload: Any) -> None:
+        recorder.record("ran", payload)
+        raise ValueError("try again")
+
+
+async def test_a_refused_retry_copy_backs_off_without_running_the_handler_again(
+    broker_uri: str,
+    host_factory: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+    broker_clock: trio.testing.MockClock | None,
+) -> None:
+    queue = QUEUE_PREFIX + "retry_later.handle"
+    retry_queue = f"{queue}.retry.200"
+    async with connect(broker_uri) as connection:
+        # a retry queue declared with other arguments: our declare is refused
+        await connection.declare_queue(
+            retry_queue, durable=True, arguments={"x-max-length": 5}
+        )
+    await host_factory(RetryLater, RECONNECTING)
+    refused = "the broker refuses the copy"
+    with watch_log() as log:
+        await dispatch(broker_uri, SOURCE, EVENT, {"n": 1})
+        await recorder.wait_for(1)
+        await log.wait_for(refused, within=20)
+        await trio.sleep(3.5)  # 1 + 2 s of backoff: 3 tries at most, one log line
+        assert recorder.calls == [("ran", {"n": 1})]  # the handler did not run again
+        assert log.count(refused) == 1
+    (line,) = log_lines(caplog, refused)
+    assert retry_queue in line
+    assert "406" in line
+    async with connect(broker_uri) as connection:
+        await connection.delete_queue(retry_queue)
+    # the next try declares the retry queue properly: the retry comes back
+    await recorder.wait_for(2)
+    assert log_lines(caplog, "copied event", "after")
 
 
 class Retrying:

@@ -3,13 +3,14 @@
 Binding: one fresh copy of each extension per host, set up and started in
 order, stopped in order; what is wrong with a service class is a
 :class:`~trioevents.ConfigurationError` out of ``serve()``. Running a worker:
-its dependencies' hooks around the method, and the delivery settled only once
-they all finished. The host around it is in ``test_host.py``.
+its dependencies' hooks around the method, the delivery settled only once they
+all finished, and whatever the worker raises is its own error, never a stop of
+the host (on both brokers). The host around it is in ``test_host.py``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -25,16 +26,21 @@ from trioevents import (
 )
 
 from .support.brokers import dispatch, make_host, queue_depth, take_all
-from .support.recording import Gate
+from .support.recording import Gate, Recorder, log_lines
+
+if TYPE_CHECKING:
+    from trioevents.testing import HostFactory
 
 gate = Gate()
 log: list[str] = []
+recorder = Recorder()
 
 
 @pytest.fixture(autouse=True)
 def fresh_state() -> None:
-    global gate
+    global gate, recorder
     gate = Gate()
+    recorder = Recorder()
     log.clear()
 
 
@@ -92,6 +98,74 @@ async def test_ack_waits_for_worker_result_and_teardown(
         assert log[-1] == "teardown done"
         nursery.cancel_scope.cancel()
     assert await queue_depth(memory_uri, queue) == 0
+
+
+init_failures = 0
+
+
+class BrokenInit:
+    name = "broken_init"
+
+    def __init__(self) -> None:
+        global init_failures
+        if init_failures < 1:
+            init_failures += 1
+            raise KeyError("a missing setting")
+
+    @event_handler("src", "ping")
+    async def handle(self, payload: Any) -> None:
+        recorder.record("ran", payload)
+
+
+async def test_a_service_whose_init_raises_fails_that_worker_only(
+    broker_uri: str,
+    host_factory: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    global init_failures
+    init_failures = 0
+    await host_factory(BrokenInit)
+    await dispatch(broker_uri, "src", "ping", {"n": 1})  # __init__ raises
+    await dispatch(broker_uri, "src", "ping", {"n": 2})  # the host still serves
+    await recorder.wait_for(1)
+    assert recorder.calls == [("ran", {"n": 2})]
+    (line,) = log_lines(caplog, "error handling event", "broken_init.handle")
+    assert "acked (not requeued)" in line
+
+
+class Stray:
+    name = "stray"
+
+    @event_handler("src", "ping")
+    async def handle(self, payload: Any) -> None:
+        recorder.record("ran", payload)
+        if payload["n"] == 1:
+            caught: list[trio.Cancelled] = []
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                try:
+                    await trio.lowlevel.checkpoint()
+                except trio.Cancelled as exc:
+                    caught.append(exc)
+            raise caught[0]  # outside the scope that was cancelled
+
+
+async def test_a_stray_cancelled_from_a_handler_is_its_error_not_a_stop(
+    broker_uri: str,
+    host_factory: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = await host_factory(Stray)
+    await dispatch(broker_uri, "src", "ping", {"n": 1}, {"n": 2})
+    await recorder.wait_for(2)
+    assert host.serving
+    (line,) = log_lines(caplog, "error handling event", "stray.handle")
+    assert "acked (not requeued)" in line
+    assert any(
+        "raised trio.Cancelled without being cancelled" in str(r.exc_info[1])
+        for r in caplog.records
+        if r.exc_info is not None
+    )
 
 
 # ------------------------------------------------------------------ binding
