@@ -55,23 +55,54 @@ async def ping(uri: str, *numbers: int) -> None:
     await dispatch(uri, SOURCE, EVENT, *({"n": n} for n in numbers))
 
 
+def pinged(service_name: str, **options: Any) -> type:
+    """A service whose handler of ``src``/``ping`` records ``(name, payload["n"])``."""
+
+    class Service:
+        name = service_name
+
+        @event_handler(SOURCE, EVENT, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder.record(self.name, payload["n"])
+
+    return Service
+
+
+class StableBroadcast(EventHandler):
+    @property
+    def broadcast_identifier(self) -> str:
+        return "node-7"
+
+
+Pool = pinged("pool")
+OtherPool = pinged("other")
+SingleA = pinged("single_a", handler_type=SINGLETON)
+SingleB = pinged("single_b", handler_type=SINGLETON)
+Cache = pinged("cache", handler_type=BROADCAST, reliable_delivery=False)
+Unreliable = pinged("unreliable", reliable_delivery=False)
+
+
+class Reliable:
+    """A reliable broadcast: its identifier is stable (``node-7``), not per start."""
+
+    name = "reliable"
+
+    @StableBroadcast.decorator(SOURCE, EVENT, handler_type=BROADCAST)
+    async def handle(self, payload: dict[str, Any]) -> None:
+        recorder.record(self.name, payload["n"])
+
+
+class Exclusive:
+    name = "exclusive"
+
+    @StableBroadcast.decorator(
+        SOURCE, EVENT, handler_type=BROADCAST, reliable_delivery=False
+    )
+    async def handle(self, payload: dict[str, Any]) -> None:
+        recorder.record(self.name, payload["n"])
+
+
 # --------------------------------------------------------------------- handler types
-
-
-class Pool:
-    name = "pool"
-
-    @event_handler(SOURCE, EVENT)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
-
-
-class OtherPool:
-    name = "other"
-
-    @event_handler(SOURCE, EVENT)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
 
 
 async def test_service_pool_shares_each_event_among_instances(
@@ -91,22 +122,6 @@ async def test_service_pool_shares_each_event_among_instances(
     assert await queue_depth(broker_uri, "evt-src-ping--other.handle") == 0
 
 
-class SingleA:
-    name = "single_a"
-
-    @event_handler(SOURCE, EVENT, handler_type=SINGLETON)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
-
-
-class SingleB:
-    name = "single_b"
-
-    @event_handler(SOURCE, EVENT, handler_type=SINGLETON)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
-
-
 async def test_singleton_gets_each_event_once_in_the_cluster(
     broker_uri: str, host_factory: HostFactory
 ) -> None:
@@ -119,14 +134,6 @@ async def test_singleton_gets_each_event_once_in_the_cluster(
     assert len(recorder.calls) == 10
     assert {who for who, _ in calls} == {"single_a", "single_b"}  # round-robin
     assert await queue_depth(broker_uri, "evt-src-ping") == 0  # the one queue
-
-
-class Cache:
-    name = "cache"
-
-    @event_handler(SOURCE, EVENT, handler_type=BROADCAST, reliable_delivery=False)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
 
 
 async def test_broadcast_reaches_every_instance(
@@ -149,20 +156,6 @@ def test_reliable_broadcast_with_the_default_identifier_is_refused() -> None:
 
             @event_handler(SOURCE, EVENT, handler_type=BROADCAST)
             async def handle(self, payload: Any) -> None: ...
-
-
-class StableBroadcast(EventHandler):
-    @property
-    def broadcast_identifier(self) -> str:
-        return "node-7"
-
-
-class Reliable:
-    name = "reliable"
-
-    @StableBroadcast.decorator(SOURCE, EVENT, handler_type=BROADCAST)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
 
 
 async def test_custom_broadcast_identifier_names_a_durable_queue(
@@ -190,14 +183,6 @@ async def test_reliable_delivery_keeps_events_across_a_restart(
     await ping(broker_uri, 1)
     await host_factory.start(host)
     assert await recorder.wait_for(1) == [("pool", 1)]
-
-
-class Unreliable:
-    name = "unreliable"
-
-    @event_handler(SOURCE, EVENT, reliable_delivery=False)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
 
 
 async def test_unreliable_delivery_loses_events_while_down(
@@ -280,16 +265,6 @@ async def test_a_queue_deleted_under_its_consumer_is_declared_and_consumed_again
     assert await recorder.wait_for(1) == [("pool", 1)]
     assert host.serving
     assert log_lines(caplog, "the broker cancelled the consumer of", queue)
-
-
-class Exclusive:
-    name = "exclusive"
-
-    @StableBroadcast.decorator(
-        SOURCE, EVENT, handler_type=BROADCAST, reliable_delivery=False
-    )
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
 
 
 async def test_an_exclusive_queue_held_by_another_connection_is_waited_for(
