@@ -158,31 +158,29 @@ def test_reliable_broadcast_with_the_default_identifier_is_refused() -> None:
             async def handle(self, payload: Any) -> None: ...
 
 
-async def test_custom_broadcast_identifier_names_a_durable_queue(
-    broker_uri: str, host_factory: HostFactory
-) -> None:
-    queue = "evt-src-ping--reliable.handle-node-7"
-    host = await host_factory(Reliable)
-    assert await queue_exists(broker_uri, queue)
-    await host.stop()
-    # reliable: the queue outlives the host and keeps what is dispatched meanwhile
-    await ping(broker_uri, 5)
-    assert await queue_depth(broker_uri, queue) == 1
-    await host_factory.start(host)
-    assert await recorder.wait_for(1) == [("reliable", 5)]
-
-
 # -------------------------------------------------------------- reliable delivery
 
 
+@pytest.mark.parametrize(
+    ("service", "queue"),
+    [
+        pytest.param(Pool, "evt-src-ping--pool.handle", id="service-pool"),
+        # a custom broadcast identifier names a queue that outlives its host
+        pytest.param(
+            Reliable, "evt-src-ping--reliable.handle-node-7", id="broadcast-node-7"
+        ),
+    ],
+)
 async def test_reliable_delivery_keeps_events_across_a_restart(
-    broker_uri: str, host_factory: HostFactory
+    service: type, queue: str, broker_uri: str, host_factory: HostFactory
 ) -> None:
-    host = await host_factory(Pool)
+    host = await host_factory(service)
+    assert await queue_exists(broker_uri, queue)
     await host.stop()
-    await ping(broker_uri, 1)
+    await ping(broker_uri, 5)
+    assert await queue_depth(broker_uri, queue) == 1  # kept while nobody consumes
     await host_factory.start(host)
-    assert await recorder.wait_for(1) == [("pool", 1)]
+    assert await recorder.wait_for(1) == [(service.name, 5)]  # type: ignore[attr-defined]
 
 
 async def test_unreliable_delivery_loses_events_while_down(
