@@ -51,7 +51,7 @@ from trioevents.testing import RabbitAdmin as RabbitAdmin
 if TYPE_CHECKING:
     from sybil import Example
 
-# pytester runs the plugin's own tests (tests/test_pytest_plugin.py).
+# pytester runs the plugin's own tests (tests/testing/test_pytest_plugin.py).
 pytest_plugins = ["pytester"]
 
 #: The URI docs examples use for "the RabbitMQ on this machine".

@@ -10,7 +10,9 @@ import attrs
 import pytest
 
 from trioevents import Config, ConfigurationError
-from trioevents._config import expand_env_vars
+from trioevents._config import _env_var_loader, expand_env_vars
+
+from .support.detonator import detonations, yaml_document
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -264,9 +266,18 @@ def test_invalid_yaml_is_a_configuration_error() -> None:
     assert info.value.__cause__ is not None
 
 
-def test_yaml_python_tags_are_refused() -> None:
-    with pytest.raises(ConfigurationError, match="not valid YAML"):
-        Config.from_yaml("x: !!python/object/apply:os.getcwd []\n")
+def test_yaml_python_tags_are_refused_by_a_safe_loader() -> None:
+    """The loader is a SafeLoader: a tag that would run code is invalid YAML."""
+    yaml = pytest.importorskip("yaml")
+    assert issubclass(_env_var_loader(), yaml.SafeLoader)
+    detonations.clear()
+    for document in (
+        "x: !!python/object/apply:os.getcwd []\n",
+        yaml_document("config", key="AMQP_URI"),
+    ):
+        with pytest.raises(ConfigurationError, match="not valid YAML"):
+            Config.from_yaml(document)
+    assert detonations == []
 
 
 def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:

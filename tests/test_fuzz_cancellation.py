@@ -2,35 +2,26 @@
 
 Each seed runs a host through random faults -- cancelling ``serve()`` at once,
 graceful stops, and cut connections -- while handlers sleep for random (virtual)
-times and sometimes fail (``requeue_on_error``). Every settle is recorded through
-a wrapping transport. At the end every event must have been acked exactly once,
-and only after a handler run for it had finished.
+times and sometimes fail (``requeue_on_error``). Every ack the broker takes is
+recorded (``FlakyTransport(on_settle=...)``). At the end every event must have
+been acked exactly once, and only after a handler run for it had finished.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
 
-from trioevents import (
-    Delivery,
-    MemoryTransport,
-    ServiceHost,
-    Settlement,
-    event_handler,
-)
-
-from .flaky import FlakyConsumer, FlakyTransport
-from .helpers import fresh_uri
+from trioevents import MemoryTransport, ServiceHost, Settlement, event_handler
+from trioevents.testing import FlakyTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from trioevents import Delivery
 
 EVENTS = 40
 
@@ -55,50 +46,10 @@ class Ledger:
 ledger: Ledger
 
 
-class RecordingConsumer(FlakyConsumer):
-    """Hands out deliveries whose settling is recorded in the ledger."""
-
-    async def receive(self) -> Delivery:
-        inner = await super().receive()
-
-        async def settle(_: Delivery, how: Settlement, requeue: bool) -> None:
-            if how is Settlement.ACK:
-                await inner.ack()
-                ledger.ack(int(inner.properties.message_id or -1))
-            elif how is Settlement.NACK:
-                await inner.nack(requeue=requeue)
-            else:
-                await inner.reject(requeue=requeue)
-
-        return Delivery(
-            delivery_tag=inner.delivery_tag,
-            redelivered=inner.redelivered,
-            exchange=inner.exchange,
-            routing_key=inner.routing_key,
-            properties=inner.properties,
-            body=inner.body,
-            consumer_tag=inner.consumer_tag,
-            settler=settle,
-        )
-
-
-class RecordingTransport(FlakyTransport):
-    @asynccontextmanager
-    async def open_connection(self) -> AsyncIterator[Any]:
-        async with super().open_connection() as connection:
-            original = connection.open_consumer
-
-            @asynccontextmanager
-            async def open_consumer(
-                queue: str, *, prefetch_count: int = 0, exclusive: bool = False
-            ) -> AsyncIterator[RecordingConsumer]:
-                async with original(
-                    queue, prefetch_count=prefetch_count, exclusive=exclusive
-                ) as consumer:
-                    yield RecordingConsumer(consumer.connection, consumer.inner)
-
-            connection.open_consumer = open_consumer  # type: ignore[method-assign]
-            yield connection
+def record_ack(delivery: Delivery, how: Settlement) -> None:
+    """Enter each ack the broker took in the ledger (``FlakyTransport(on_settle=)``)."""
+    if how is Settlement.ACK:
+        ledger.ack(int(delivery.properties.message_id or -1))
 
 
 class Worker:
@@ -116,16 +67,16 @@ class Worker:
 
 @pytest.mark.parametrize("seed", range(25))
 async def test_random_cancellation_never_acks_twice_early_or_loses(
-    seed: int, autojump_clock: trio.testing.MockClock
+    seed: int, memory_uri: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     global ledger
     rng = random.Random(seed)
     ledger = Ledger(rng)
-    uri = fresh_uri()
-    transport = RecordingTransport(MemoryTransport.from_uri(uri))
-    config = {"AMQP_URI": uri, "max_workers": 4, "SHUTDOWN_GRACE": 1.5}
+    inner = MemoryTransport.from_uri(memory_uri)
+    transport = FlakyTransport(inner, on_settle=record_ack)
+    config = {"AMQP_URI": memory_uri, "max_workers": 4, "SHUTDOWN_GRACE": 1.5}
 
-    async with transport.inner.open_connection() as conn:
+    async with inner.open_connection() as conn:
         await conn.declare_exchange("src.events", durable=True)
         host = ServiceHost([Worker], config=config, transport=transport)
         with trio.fail_after(10_000):

@@ -66,7 +66,9 @@ async def test_a_waiting_consumer_sleeps_until_a_message_comes() -> None:
             assert got == [b"x"]
 
 
-async def test_cancelled_receive_loses_nothing() -> None:
+async def test_cancelled_receive_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with MemoryTransport(f"cancel-{uuid.uuid4()}").open_connection() as conn:
         await conn.declare_queue("q")
         async with conn.open_consumer("q", prefetch_count=1) as consumer:

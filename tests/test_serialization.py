@@ -1,22 +1,35 @@
-"""Payload codecs and the cattrs converter (``trioevents._serialization``)."""
+"""Payload codecs and the cattrs converter (``trioevents._serialization``).
+
+Encoding and decoding without a broker; then typed payloads end to end, on both
+brokers (what a message that does not decode becomes is in
+``test_events_outcome.py``); last, that no module runs code from a message or a
+config file.
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import decimal
 import enum
 import inspect
 import json
-import pickle
+import pathlib
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import cattrs
 import pytest
 
-from trioevents import ConfigurationError, SerializationError
+import trioevents
+from trioevents import (
+    ConfigurationError,
+    EventDispatcher,
+    SerializationError,
+    event_handler,
+)
 from trioevents._serialization import (
     DEFAULT_MAX_DEPTH,
     check_annotation,
@@ -25,6 +38,13 @@ from trioevents._serialization import (
     is_plain_annotation,
     make_converter,
 )
+
+from .support.brokers import dispatch
+from .support.detonator import detonations, pickled
+from .support.recording import Recorder
+
+if TYPE_CHECKING:
+    from trioevents.testing import HostFactory
 
 CONVERTER = make_converter()
 
@@ -216,24 +236,21 @@ def test_json_content_types_and_encodings_are_accepted(
 
 
 @pytest.mark.parametrize(
-    "content_type",
+    ("content_type", "body"),
     [
-        "text/plain",
-        "application/x-python-serialize",  # kombu's pickle
-        "application/x-msgpack",
-        "application/json; charset=latin-1",
+        pytest.param("text/plain", b"{}", id="text/plain"),
+        # kombu's pickle: a body that runs code when unpickled, never unpickled
+        pytest.param("application/x-python-serialize", pickled(), id="pickle"),
+        pytest.param("application/x-msgpack", b"\x80", id="msgpack"),  # {}
+        pytest.param("application/json; charset=latin-1", b"{}", id="latin-1"),
     ],
 )
-def test_other_content_types_are_refused(content_type: str) -> None:
+def test_other_content_types_are_refused(content_type: str, body: bytes) -> None:
+    detonations.clear()
     with pytest.raises(SerializationError, match="content type") as info:
-        decode_payload(b"{}", content_type, "utf-8", converter=CONVERTER)
+        decode_payload(body, content_type, "utf-8", converter=CONVERTER)
     assert isinstance(info.value.__cause__, ValueError)
-
-
-def test_a_pickle_body_is_never_unpickled() -> None:
-    body = pickle.dumps({"id": 1})
-    with pytest.raises(SerializationError):
-        decode_payload(body, "application/x-python-serialize", "binary")
+    assert detonations == []
 
 
 @pytest.mark.parametrize("content_encoding", ["gzip", "binary", "latin-1"])
@@ -508,3 +525,103 @@ def test_check_annotation_refuses_what_cattrs_cannot_structure() -> None:
     with pytest.raises(ConfigurationError, match="Opaque") as info:
         check_annotation(Opaque, converter=CONVERTER)
     assert info.value.__cause__ is not None
+
+
+# ------------------------------------------------------------ end to end
+
+
+recorder = Recorder()
+
+
+class Shipping:
+    name = "shipping"
+    dispatch = EventDispatcher()
+
+    @event_handler("orders", "order_placed")
+    async def on_order(self, event: OrderPlaced) -> None:
+        recorder.record("order", event)
+        at = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+        await self.dispatch("shipped", [Shipped(event.id, at)])
+
+    @event_handler("shipping", "shipped")
+    async def on_shipped(self, shipments: list[Shipped]) -> None:
+        recorder.record("shipped", shipments)
+
+
+async def test_typed_payloads_are_structured_and_unstructured(
+    broker_uri: str, host_factory: HostFactory
+) -> None:
+    """A dispatched attrs instance arrives as one; a handler's dataclasses too."""
+    global recorder
+    recorder = Recorder()
+    await host_factory(Shipping)
+    order = OrderPlaced(7, decimal.Decimal("9.99"), ["gift"])
+    await dispatch(broker_uri, "orders", "order_placed", order)
+    calls = await recorder.wait_for(2)
+    at = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+    assert calls == [("order", order), ("shipped", [Shipped(7, at)])]
+
+
+# ------------------------------------------- no module runs code it is sent
+
+PACKAGE = pathlib.Path(trioevents.__file__).parent
+#: Modules that turn bytes into objects by running code, or can be told to.
+UNSAFE_MODULES = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "cloudpickle",
+    "dill",
+    "jsonpickle",
+    "marshal",
+    "shelve",
+}
+
+
+def _sources() -> list[pathlib.Path]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    assert len(paths) > 10
+    return paths
+
+
+def test_no_module_imports_a_code_running_codec() -> None:
+    found = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            found += [
+                f"{path.name}: import {name}"
+                for name in names
+                if name.split(".")[0] in UNSAFE_MODULES
+            ]
+    assert found == []
+
+
+def test_no_module_calls_eval_exec_or_an_unsafe_yaml_loader() -> None:
+    found = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else ""
+            )
+            if name in ("eval", "exec", "unsafe_load", "full_load", "load_all"):
+                found.append(f"{path.name}:{node.lineno}: {name}()")
+            elif name == "load" and isinstance(func, ast.Attribute):
+                owner = ast.unparse(func.value)
+                loader = [k for k in node.keywords if k.arg == "Loader"]
+                if owner == "yaml" and not loader:
+                    found.append(
+                        f"{path.name}:{node.lineno}: yaml.load() without Loader"
+                    )
+    assert found == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
-from trioevents import ConfigurationError
+from trioevents import ConfigurationError, ServiceHost
 from trioevents._uri import (
     masked_uri,
     parse_amqp_address,
@@ -152,6 +154,15 @@ def test_a_bad_address_is_a_configuration_error_naming_it_masked(
     assert message in str(caught.value)
     assert "secret" not in str(caught.value)
     assert "u:****@" in str(caught.value)
+
+
+@pytest.mark.parametrize("password", ["se#cret", "se?cret"])
+def test_a_uri_that_does_not_parse_never_shows_the_password(password: str) -> None:
+    """Not in the error, nor in any error it was raised from."""
+    uri = f"amqp://guest:{password}@127.0.0.1:5672/"
+    with pytest.raises(ConfigurationError) as caught:
+        ServiceHost([], {"AMQP_URI": uri}).transport  # noqa: B018
+    assert password not in "".join(traceback.format_exception(caught.value))
 
 
 def test_a_uri_that_is_not_a_str_is_a_configuration_error() -> None:

@@ -1,14 +1,26 @@
-"""The worker context and its headers (``trioevents._worker``)."""
+"""The worker context and its headers (``trioevents._worker``).
+
+First without a broker; then over the wire, on both brokers: the context a
+handler gets from the headers a message came with, and the headers its
+dispatcher sends on.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from trioevents import WorkerContext
+from trioevents import EventDispatcher, Properties, WorkerContext, event_handler
 from trioevents._worker import DEFAULT_PARENT_CALLS_TRACKED
+
+from .support.brokers import dispatch, publish, take_all
+from .support.recording import Recorder, WorkerCtx, problems
+
+if TYPE_CHECKING:
+    from trioevents.testing import HostFactory
 
 
 def from_headers(headers: dict[str, object] | None, **kwargs: int) -> WorkerContext:
@@ -220,3 +232,135 @@ def test_repr_names_the_entrypoint_and_call_id() -> None:
     assert repr(ctx) == (
         f"<WorkerContext [orders.on_checkout] call_id={ctx.call_id!r}>"
     )
+
+
+# ------------------------------------------------------------------ over the wire
+
+recorder = Recorder()
+
+
+@pytest.fixture(autouse=True)
+def fresh_recorder() -> None:
+    global recorder
+    recorder = Recorder()
+
+
+class First:
+    name = "first"
+    dispatch = EventDispatcher()
+    ctx = WorkerCtx()
+
+    @event_handler("src", "start")
+    async def handle(self, payload: Any) -> None:
+        recorder.record("first", self.ctx)
+        await self.dispatch("next", payload)
+
+
+class Second:
+    name = "second"
+    ctx = WorkerCtx()
+
+    @event_handler("first", "next")
+    async def handle(self, payload: Any) -> None:
+        recorder.record("second", self.ctx)
+
+
+async def test_context_headers_propagate_through_a_chain(
+    broker_uri: str, host_factory: HostFactory
+) -> None:
+    await host_factory([First, Second])
+    await dispatch(
+        broker_uri,
+        "src",
+        "start",
+        {"x": 1},
+        headers={
+            "nameko.language": "en-gb",
+            "nameko.call_id_stack": ["outside.call.1"],
+        },
+    )
+    (_, first), (_, second) = await recorder.wait_for(2)
+    assert isinstance(first, WorkerContext)
+    assert isinstance(second, WorkerContext)
+    assert first.call_id.startswith("first.handle.")
+    assert first.call_id_stack == ["outside.call.1", first.call_id]
+    assert second.call_id_stack == ["outside.call.1", first.call_id, second.call_id]
+    assert first.data["language"] == "en-gb"
+    assert second.data["language"] == "en-gb"
+
+
+class Sink:
+    name = "sink"
+    ctx = WorkerCtx()
+
+    @event_handler("src", "ping")
+    async def handle(self, payload: Any) -> None:
+        recorder.record("sink", (payload, self.ctx))
+
+
+async def publish_with_headers(uri: str, body: bytes, headers: dict[str, Any]) -> None:
+    """Publish *body* with *headers* to the handler, bypassing the dispatcher."""
+    properties = Properties(content_type="application/json", headers=headers)
+    await publish(uri, "src.events", "ping", body, properties)
+
+
+@pytest.mark.parametrize(
+    ("stack", "kept", "warned"),
+    [
+        pytest.param(42, [], True, id="an-int"),
+        pytest.param("web.checkout.1", [], True, id="a-string"),
+        pytest.param(
+            [1, 2.5, True, None, {"a": 1}, ["x"], "web.checkout.1"],
+            ["web.checkout.1"],
+            True,
+            id="non-strings",
+        ),
+        pytest.param(
+            [f"caller.fire.{n}" for n in range(2000)],
+            [f"caller.fire.{n}" for n in range(1990, 2000)],
+            False,  # only capped, as nameko does
+            id="huge",
+        ),
+        pytest.param(list(range(2000)), [], True, id="huge-non-strings"),
+    ],
+)
+async def test_a_call_id_stack_of_the_wrong_shape_is_dropped_with_a_warning(
+    stack: Any,
+    kept: list[str],
+    warned: bool,
+    broker_uri: str,
+    host_factory: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What an AMQP header can carry reaches the worker; one warning at most."""
+    await host_factory(Sink, {"max_workers": 1})
+    headers = {"nameko.call_id_stack": stack, "nameko.user_id": "u42"}
+    await publish_with_headers(broker_uri, b'{"n": 2}', headers)
+    ((_, (payload, ctx)),) = await recorder.wait_for(1)
+    assert payload == {"n": 2}
+    assert isinstance(ctx, WorkerContext)
+    assert ctx.data == {"user_id": "u42"}
+    assert list(ctx.parent_call_id_stack)[-10:] == kept
+    assert len(ctx.call_id_stack) == min(len(kept), 10) + 1
+    assert ctx.call_id_stack[-1] == ctx.call_id
+    warnings = problems(caplog, "nameko.call_id_stack")
+    if not warned:
+        assert warnings == []
+    else:
+        (line,) = warnings  # one line, however many entries were wrong
+        assert "sink.handle" in line
+        assert len(line) < 500
+    await dispatch(broker_uri, "src", "ping", {"n": 1})
+    await recorder.wait_for(2)  # still serving; nothing was dead-lettered
+    assert await take_all(broker_uri, "evt-src-ping--sink.handle.dlq") == []
+
+
+async def test_context_headers_of_other_types_reach_the_worker_as_they_came(
+    broker_uri: str, host_factory: HostFactory
+) -> None:
+    """``nameko.language`` as bytes (an AMQP byte array) is passed on untouched."""
+    await host_factory(Sink)
+    headers = {"nameko.language": b"en-gb", "nameko.auth_token": 7}
+    await publish_with_headers(broker_uri, b'{"n": 1}', headers)
+    ((_, (_, ctx)),) = await recorder.wait_for(1)
+    assert ctx.data == {"language": b"en-gb", "auth_token": 7}

@@ -1,6 +1,6 @@
 """Fault injection against the live RabbitMQ: cuts, stalls, a slow link, a restart.
 
-A :class:`~tests.tcpproxy.TcpProxy` sits between the hosts and RabbitMQ. A
+A :class:`~tests.support.tcpproxy.TcpProxy` sits between the hosts and RabbitMQ. A
 service host consumes a stream of numbered events through it while a
 dispatcher (through it too, so that confirms can be lost) sends them, and the
 proxy breaks the link. What must hold whatever the faults:
@@ -51,7 +51,8 @@ from trioevents import (
     event_handler,
 )
 
-from ..tcpproxy import TcpProxy, open_tcp_proxy
+from ..support.recording import LogWatch, watch_log
+from ..support.tcpproxy import TcpProxy, open_tcp_proxy
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -298,39 +299,11 @@ def check(report: Report, *, losses: int, concurrency: int = CONCURRENCY) -> Non
 # --------------------------------------------------------------------------- helpers
 
 
-class LogWatch(logging.Handler):
-    """Keeps the host's log messages; lets a test wait for one."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-        self._changed = trio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def count(self, needle: str) -> int:
-        return sum(needle in m for m in self.messages)
-
-    async def wait_for(self, needle: str, count: int = 1) -> None:
-        while self.count(needle) < count:
-            await self._changed.wait()
-
-
 @pytest.fixture
 def host_log() -> Iterator[LogWatch]:
-    logger = logging.getLogger("trioevents.host")
-    watch = LogWatch()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watch)
-    try:
+    """What the host logs at INFO and above while the test runs."""
+    with watch_log("trioevents.host", logging.INFO) as watch:
         yield watch
-    finally:
-        logger.removeHandler(watch)
-        logger.setLevel(level)
 
 
 def upstream_port(uri: str) -> int:

@@ -9,6 +9,8 @@
   ``host_factory`` fixture of the pytest plugin, ``trioevents.testing.pytest_plugin``).
 * :class:`RabbitAdmin` -- the management API client behind the per-test vhosts.
 * :func:`check_transport` -- the conformance suite every transport passes.
+* :class:`FlakyTransport` -- the embedded broker with connections that can be cut
+  or refused, to test what a service does when its broker goes away.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ._conformance import (
     TRANSPORT_CHECKS as TRANSPORT_CHECKS,
     check_transport as check_transport,
 )
+from ._faults import FlakyTransport as FlakyTransport
 from ._rabbit import RabbitAdmin as RabbitAdmin
 from ._services import (
     HostFactory as HostFactory,
@@ -27,6 +30,7 @@ from ._waiting import WaitResult as WaitResult, entrypoint_waiter as entrypoint_
 
 __all__ = [
     "TRANSPORT_CHECKS",
+    "FlakyTransport",
     "HostFactory",
     "RabbitAdmin",
     "WaitResult",

@@ -1,4 +1,4 @@
-"""The fault-injection proxy of the tests (``tests/tcpproxy.py``) against an echo server."""
+"""The fault-injection proxy of the tests (``tcpproxy.py`` beside it), against an echo server."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import pytest
 from trioevents import MemoryTransport
 from trioevents._memory import drop_broker
 from trioevents.amqp import AmqpTransport
-from trioevents.testing import TRANSPORT_CHECKS, check_transport
+from trioevents.testing import TRANSPORT_CHECKS, FlakyTransport, check_transport
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from trioevents.abc import Transport
 
 
-@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(
+    params=["memory", "flaky", pytest.param("amqp", marks=pytest.mark.rabbitmq)]
+)
 def transport_kind(request: pytest.FixtureRequest) -> str:
     """The name of the transport under test."""
     kind: str = request.param
@@ -41,7 +43,7 @@ def transport_clock(
     transport_kind: str, request: pytest.FixtureRequest
 ) -> trio.abc.Clock | None:
     """``autojump_clock`` for the embedded broker; ``None`` (real time) otherwise."""
-    if transport_kind == "memory":
+    if transport_kind in ("memory", "flaky"):
         autojump: trio.abc.Clock = request.getfixturevalue("autojump_clock")
         return autojump
     return None
@@ -57,13 +59,15 @@ def make_transport(
         uri: str = request.getfixturevalue("rabbit_vhost")
         yield lambda: AmqpTransport(uri)
         return
-    if transport_kind != "memory":
+    if transport_kind not in ("memory", "flaky"):
         raise LookupError(f"no transport factory for {transport_kind!r}")
     names: list[str] = []
 
     def make_memory() -> Transport:
         name = f"conformance-{uuid.uuid4().hex}"
         names.append(name)
+        if transport_kind == "flaky":
+            return FlakyTransport(MemoryTransport(name))
         return MemoryTransport(name)
 
     yield make_memory

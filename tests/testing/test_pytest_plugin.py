@@ -12,7 +12,7 @@ import pytest
 if TYPE_CHECKING:
     from trioevents.testing import RabbitAdmin
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 TRIO_INI = """
 [pytest]

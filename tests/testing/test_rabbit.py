@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import RabbitAdmin
+    from trioevents.testing import RabbitAdmin
 
 
 @pytest.mark.rabbitmq

@@ -1,0 +1,20 @@
+"""Support code of the tests: helpers, fault doubles, nothing collected as a test.
+
+=================  ==============================================================
+module             what it holds
+=================  ==============================================================
+``brokers``        reach a broker from a test, whichever it is (``memory://`` or
+                   RabbitMQ): queue depths, taking messages, raw publishes,
+                   standalone dispatches; hosts, one through ``FlakyTransport``
+``recording``      what handlers saw (:class:`~.recording.Recorder`), a gate
+                   that holds them, the worker context as a dependency, the log
+                   lines a test looks for
+``detonator``      payloads that would run code if anything ever loaded them
+``shop``           the little shop the testing kit's tests run (orders, billing)
+``tcpproxy``       a TCP proxy that cuts, stalls or slows the link to RabbitMQ
+                   (tested beside it, in ``test_tcpproxy.py``)
+=================  ==============================================================
+
+What users of trioevents would reuse lives in :mod:`trioevents.testing` instead
+(``FlakyTransport``, ``HostFactory``, ``entrypoint_waiter``, ...).
+"""

@@ -1,0 +1,158 @@
+"""``trioevents.testing._waiting``: entrypoint_waiter and its WaitResult.
+
+It waits for workers of the little shop of ``tests/support/shop.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from trioevents import ServiceHost, WorkerContext
+from trioevents.testing import HostFactory, WaitResult, entrypoint_waiter
+
+from ..support import shop
+
+
+@pytest.fixture(autouse=True)
+def fresh_shop() -> None:
+    shop.reset()
+
+
+# ------------------------------------------------------------- entrypoint_waiter
+
+
+async def test_waiter_returns_after_the_worker_and_its_teardown(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory([shop.Orders, shop.Billing])
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10):
+            async with entrypoint_waiter(host, "orders", "on_checkout") as waited:
+                await dispatch("web", "checkout", {"id": 2, "total": "1.50"})
+    assert waited.done
+    assert waited.get() == waited.result == 20
+    assert waited.exception is None
+    assert waited.worker_ctx is not None
+    assert waited.worker_ctx.method_name == "on_checkout"
+    assert ("teardown", "on_checkout") in shop.recorder.calls
+
+
+async def test_waiter_exposes_the_handler_exception_without_raising(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory([shop.Orders])
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10):
+            async with entrypoint_waiter(host, "orders", "on_checkout") as waited:
+                await dispatch("web", "checkout", {"id": 1, "fail": True})
+    assert isinstance(waited.exception, ValueError)
+    assert waited.result is None
+    with pytest.raises(ValueError, match="bad basket 1"):
+        waited.get()
+
+
+async def test_waiter_callback_picks_the_call_to_wait_for(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory([shop.Orders])
+    seen: list[Any] = []
+
+    def second_order(
+        ctx: WorkerContext, result: Any, exc: BaseException | None
+    ) -> bool:
+        seen.append(result)
+        return bool(result == 20)
+
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10):
+            async with entrypoint_waiter(
+                host, "orders", "on_checkout", callback=second_order
+            ) as waited:
+                for n in (1, 2, 3):
+                    await dispatch("web", "checkout", {"id": n, "total": "1"})
+    assert waited.result == 20
+    assert 10 in seen
+    assert 20 in seen
+
+
+async def test_waiter_raises_what_its_callback_raised(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory([shop.Orders])
+
+    def broken(ctx: WorkerContext, result: Any, exc: BaseException | None) -> bool:
+        raise KeyError("oops")
+
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10), pytest.raises(KeyError, match="oops"):
+            async with entrypoint_waiter(
+                host, "orders", "on_checkout", callback=broken
+            ):
+                await dispatch("web", "checkout", {"id": 1, "total": "1"})
+    # The worker itself was not disturbed by the callback.
+    assert ("orders", 1) in shop.recorder.calls
+
+
+async def test_waiter_counts_a_worker_that_finished_inside_the_block(
+    host_factory: HostFactory,
+) -> None:
+    """Nothing is missed between the dispatch and the wait."""
+    host = await host_factory([shop.Orders])
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10):
+            async with entrypoint_waiter(host, "orders", "on_checkout") as waited:
+                await dispatch("web", "checkout", {"id": 4, "total": "1"})
+                await shop.recorder.wait_for(2)  # handled and torn down already
+                assert waited.done
+    assert waited.result == 40
+
+
+async def test_waiter_ignores_other_entrypoints(host_factory: HostFactory) -> None:
+    host = await host_factory([shop.Orders, shop.Billing])
+    async with host.dispatcher() as dispatch:
+        with trio.fail_after(10):
+            async with entrypoint_waiter(host, "billing", "charge") as waited:
+                await dispatch("web", "checkout", {"id": 5, "total": "2"})
+    assert waited.worker_ctx is not None
+    assert waited.worker_ctx.service_name == "billing"
+    assert ("billing", 5) in shop.recorder.calls
+
+
+async def test_waiter_lets_an_error_of_the_block_out_and_unhooks(
+    host_factory: HostFactory,
+) -> None:
+    host = await host_factory([shop.Orders])
+    with pytest.raises(ZeroDivisionError):
+        async with entrypoint_waiter(host, "orders", "on_checkout"):
+            _ = 1 / 0
+    assert host._worker_hooks == []
+
+
+async def test_waiter_works_for_a_host_started_inside_the_block(
+    host_factory: HostFactory,
+) -> None:
+    host = host_factory.make([shop.Orders])
+    with trio.fail_after(10):
+        async with entrypoint_waiter(host, "orders", "on_checkout") as waited:
+            await host_factory.start(host)
+            async with host.dispatcher() as dispatch:
+                await dispatch("web", "checkout", {"id": 6, "total": "1"})
+    assert waited.result == 60
+
+
+async def test_waiter_refuses_unknown_services_and_methods() -> None:
+    host = ServiceHost([shop.Orders])
+    with pytest.raises(ValueError, match="no service 'billing'"):
+        async with entrypoint_waiter(host, "billing", "charge"):
+            pass
+    with pytest.raises(ValueError, match="no entrypoint 'clock'"):
+        async with entrypoint_waiter(host, "orders", "clock"):
+            pass
+
+
+def test_wait_result_get_before_done_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="not finished"):
+        WaitResult().get()
