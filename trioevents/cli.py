@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
-from ._config import Config, _import_yaml
+from ._config import Config
+from ._configfile import import_yaml as _import_yaml
 from ._exceptions import TrioEventsError
 from ._extensions import entrypoints_of
 from ._groups import leaves
@@ -383,7 +384,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
 def _show_config(args: argparse.Namespace, config: Config) -> int:
     yaml = _import_yaml()
     text = yaml.safe_dump(
-        config.to_mapping(mask_password=True),
+        config.to_mapping(mask_secrets=True),
         sort_keys=False,
         default_flow_style=False,
         allow_unicode=True,
