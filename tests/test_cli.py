@@ -215,6 +215,17 @@ def service_module(directory: pathlib.Path, *, delay: str = "0") -> str:
     return name
 
 
+def _assert_in_flight_work_finished(run: Process, signalled: str, stopped: str) -> None:
+    """The worker of SERVICE_MODULE finished between the signal and ``stopped``."""
+    order = [
+        run.index(signalled),
+        run.index("stop requested; finishing the work in flight"),
+        run.index("work finished"),
+        run.index(stopped),
+    ]
+    assert order == sorted(order)
+
+
 # ----------------------------------------------------------- the README command
 
 
@@ -332,13 +343,11 @@ def test_an_embedded_host_stops_gracefully_on_ctrl_c(
     run.expect("trioevents.host: press Ctrl-C to stop")
     run.signal(signal.SIGINT)
     assert run.wait() == 0
-    order = [
-        run.index("Ctrl-C (SIGINT): stopping gracefully (Ctrl-C again stops at once)"),
-        run.index("stop requested; finishing the work in flight"),
-        run.index("work finished"),
-        run.index("trioevents.host: stopped"),
-    ]
-    assert order == sorted(order)
+    _assert_in_flight_work_finished(
+        run,
+        "Ctrl-C (SIGINT): stopping gracefully (Ctrl-C again stops at once)",
+        "trioevents.host: stopped",
+    )
     assert "Traceback" not in run.output
     assert "KeyboardInterrupt" not in run.output
 
@@ -381,13 +390,9 @@ def test_sigterm_lets_in_flight_work_finish(
     run.expect("LOG trioevents.host: press Ctrl-C to stop")
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
-    order = [
-        run.index("SIGTERM: stopping gracefully"),
-        run.index("stop requested; finishing the work in flight"),
-        run.index("work finished"),
-        run.index("LOG trioevents.host: stopped"),
-    ]
-    assert order == sorted(order)
+    _assert_in_flight_work_finished(
+        run, "SIGTERM: stopping gracefully", "LOG trioevents.host: stopped"
+    )
     assert "grace 30" in run.output
 
 
@@ -682,9 +687,7 @@ def test_dispatch_publishes_one_event(
 
 @pytest.mark.rabbitmq
 def test_dispatch_reads_the_broker_from_the_environment(
-    rabbit_vhost: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    rabbit_vhost: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trio.run(_declare, rabbit_vhost, "q", "web", "checkout")
     monkeypatch.setenv("TRIOEVENTS_AMQP_URI", rabbit_vhost)
@@ -856,7 +859,7 @@ def test_show_config_without_a_file_shows_the_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     header, shown, sources, _ = _show_config(capsys)
-    assert header == "# effective configuration defaults; secrets masked"
+    assert header == "# effective configuration from the defaults; secrets masked"
     assert shown == Config().to_mapping()
     assert set(sources.values()) == {"default"}
 

@@ -409,7 +409,7 @@ def test_config_is_a_read_only_mapping_by_nameko_key() -> None:
     assert config != dict(config)
 
 
-async def test_an_extension_reads_the_config_as_nameko_does() -> None:
+async def test_an_extension_reads_the_config_as_nameko_does(memory_uri: str) -> None:
     """``self.service.config['SERVICE_IDENTIFIER']``, as nameko's ``self.container.config``."""
     seen: list[object] = []
 
@@ -430,7 +430,7 @@ async def test_an_extension_reads_the_config_as_nameko_does() -> None:
         @event_handler("src", "ping")
         async def on_ping(self, payload: object) -> None: ...
 
-    host = ServiceHost([Service], {"AMQP_URI": "memory://", "SERVICE_IDENTIFIER": "n1"})
+    host = ServiceHost([Service], {"AMQP_URI": memory_uri, "SERVICE_IDENTIFIER": "n1"})
     async with trio.open_nursery() as nursery:
         await nursery.start(host.serve)
         await host.stop()

@@ -220,9 +220,10 @@ def _services_of(module: ModuleType) -> list[type]:
     """The service classes *module* defines or re-exports, in its order.
 
     Defined in it or in its submodules (a package's ``__init__.py`` doing
-    ``from .orders import Orders``), or named in its ``__all__``, as nameko finds
-    the services of a module. A class imported from elsewhere for another use
-    is not one of them.
+    ``from .orders import Orders``), or named in its ``__all__``. nameko takes
+    every class with entrypoints it finds in the module; a class imported from
+    another package for some other use (a base class, a type) is left out here
+    unless ``__all__`` names it.
     """
     exported = set(getattr(module, "__all__", ()))
     package = module.__name__ + "."
@@ -405,7 +406,7 @@ def _show_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     yaml = import_yaml()
     defaults = "default" in loaded.sources.values()
     if not loaded.layers:
-        header = "defaults"
+        header = "from the defaults"
     else:
         header = "from " + ", ".join(loaded.layers)
         header += " (other keys: defaults)" if defaults else ""
@@ -423,7 +424,7 @@ def _show_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         if len(lines) == 1 or lines[0].endswith(":"):
             lines[0] += f"  {source}"
         else:  # a value over several lines: say it above
-            lines.insert(0, f"{source}: {key}")
+            lines.insert(0, f"# {key}: {loaded.sources[key]}")
         _write("\n".join(lines))
     return EXIT_OK
 
