@@ -12,6 +12,8 @@ import json
 import os
 import pathlib
 import queue
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,9 @@ import pytest
 import trio
 
 import trioevents
-from trioevents import ExchangeType, MemoryTransport
+from trioevents import Config, ExchangeType
+from trioevents._configfile import import_yaml
+from trioevents._host import transport_for_uri
 from trioevents.cli import import_services, main
 from trioevents.testing import worker_factory
 
@@ -35,6 +39,14 @@ if TYPE_CHECKING:
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 60.0  # seconds: generous, for a loaded machine
+#: The environment variables that configure the command: none leak into a test.
+CONFIG_VARIABLES = [f"TRIOEVENTS_{key.upper()}" for key in Config()] + ["AMQP_URI"]
+
+
+def _environ(**extra: str) -> dict[str, str]:
+    """This process's environment without config variables, plus *extra*."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _command() -> str:
@@ -51,8 +63,9 @@ def _command() -> str:
 class Process:
     """A command in a subprocess whose output lines a test can wait for."""
 
-    def __init__(self, args: Sequence[str], cwd: pathlib.Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self, args: Sequence[str], cwd: pathlib.Path, env: dict[str, str]
+    ) -> None:
         self.popen = subprocess.Popen(
             args,
             cwd=cwd,
@@ -142,9 +155,12 @@ def processes() -> Iterator[list[Process]]:
 
 
 def start(
-    processes: list[Process], args: Sequence[str], cwd: pathlib.Path = ROOT
+    processes: list[Process],
+    args: Sequence[str],
+    cwd: pathlib.Path = ROOT,
+    **env: str,
 ) -> Process:
-    process = Process(args, cwd)
+    process = Process(args, cwd, _environ(**env))
     processes.append(process)
     return process
 
@@ -199,6 +215,17 @@ def service_module(directory: pathlib.Path, *, delay: str = "0") -> str:
     return name
 
 
+def _assert_in_flight_work_finished(run: Process, signalled: str, stopped: str) -> None:
+    """The worker of SERVICE_MODULE finished between the signal and ``stopped``."""
+    order = [
+        run.index(signalled),
+        run.index("stop requested; finishing the work in flight"),
+        run.index("work finished"),
+        run.index(stopped),
+    ]
+    assert order == sorted(order)
+
+
 # ----------------------------------------------------------- the README command
 
 
@@ -214,8 +241,115 @@ def test_readme_command_shows_events_flowing_and_stops_on_sigterm(
     shop.signal(signal.SIGTERM)
     assert shop.wait() == 0
     assert shop.index("SIGTERM: stopping gracefully") < shop.index("stopped")
+    assert shop.expect("SIGTERM: stopping gracefully").endswith(
+        "INFO [trioevents.host] SIGTERM: stopping gracefully"
+    )  # nothing about Ctrl-C: SIGTERM is no Ctrl-C
     assert "stopping: " in shop.output
     assert "Traceback" not in shop.output
+
+
+def test_run_says_loudly_that_it_serves_on_the_embedded_broker(
+    processes: list[Process],
+) -> None:
+    shop = start(processes, [_command(), "run", "examples.shop"], AMQP_URI="amqp://x/")
+    banner = shop.expect("*** EMBEDDED BROKER ***")
+    shop.expect("press Ctrl-C to stop")
+    shop.signal(signal.SIGTERM)
+    assert shop.wait() == 0
+    assert " WARNING [trioevents.cli] *** EMBEDDED BROKER *** memory:// " in banner
+    assert "no other process (trioevents dispatch included) sees" in banner
+    assert "--broker amqp://user:password@host/ or set TRIOEVENTS_AMQP_URI" in banner
+    assert "AMQP_URI is set in the environment, but trioevents reads" in banner
+    assert shop.index("EMBEDDED BROKER") < shop.index("serving orders")
+
+
+def test_run_on_rabbitmq_shows_no_banner(
+    processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    module = service_module(tmp_path)
+    run = start(
+        processes,
+        [_command(), "run", module],
+        cwd=tmp_path,
+        TRIOEVENTS_AMQP_URI="amqp://guest:s3cret@127.0.0.1:1/",
+        TRIOEVENTS_CONNECT_ATTEMPTS="1",
+    )
+    assert run.wait() == 1
+    assert "EMBEDDED BROKER" not in run.output
+    assert "running worker on amqp://guest:****@127.0.0.1:1/" in run.output
+    assert "s3cret" not in run.output
+
+
+# A module that takes as long to import as the test wants: it waits for a file.
+SLOW_MODULE = """
+import os, pathlib, sys, time
+print("importing", flush=True)
+flag = pathlib.Path(os.environ["RELEASE_IMPORT"])
+deadline = time.monotonic() + 60
+while not flag.exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+from {module} import Worker
+
+__all__ = ["Worker"]
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_services_import_stops_cleanly(
+    signum: int, processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    """Before the fix, a SIGTERM before trio's handler was installed exited -15."""
+    slow = f"slow_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{slow}.py").write_text(
+        SLOW_MODULE.format(module=service_module(tmp_path))
+    )
+    flag = tmp_path / "release"
+    run = start(
+        processes, [_command(), "run", slow], cwd=tmp_path, RELEASE_IMPORT=str(flag)
+    )
+    run.expect("importing")
+    run.signal(signum)
+    flag.touch()
+    assert run.wait() == 0
+    run.index("before serving started: stopping")
+    assert "work started" not in run.output
+    assert "Traceback" not in run.output
+
+
+EMBEDDED_SCRIPT = """
+import logging, sys
+
+import trio
+
+from trioevents import ServiceHost, serve_until_signalled
+from {module} import Worker
+
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+host = ServiceHost([Worker], {{"SHUTDOWN_GRACE": 30}})
+sys.exit(trio.run(serve_until_signalled, host))
+"""
+
+
+def test_an_embedded_host_stops_gracefully_on_ctrl_c(
+    processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    """``trio.run(serve_until_signalled, host)``: no KeyboardInterrupt traceback."""
+    script = tmp_path / "serve.py"
+    script.write_text(
+        EMBEDDED_SCRIPT.format(module=service_module(tmp_path, delay="0.2"))
+    )
+    run = start(processes, [sys.executable, str(script)], cwd=tmp_path)
+    run.expect("work started")
+    run.expect("trioevents.host: press Ctrl-C to stop")
+    run.signal(signal.SIGINT)
+    assert run.wait() == 0
+    _assert_in_flight_work_finished(
+        run,
+        "Ctrl-C (SIGINT): stopping gracefully (Ctrl-C again stops at once)",
+        "trioevents.host: stopped",
+    )
+    assert "Traceback" not in run.output
+    assert "KeyboardInterrupt" not in run.output
 
 
 def test_example_script_runs_the_same_services(processes: list[Process]) -> None:
@@ -253,16 +387,12 @@ def test_sigterm_lets_in_flight_work_finish(
         processes, [_command(), "run", module, "--config", str(config)], cwd=tmp_path
     )
     run.expect("work started")
-    run.expect("LOG trioevents.cli: press Ctrl-C to stop")
+    run.expect("LOG trioevents.host: press Ctrl-C to stop")
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
-    order = [
-        run.index("SIGTERM: stopping gracefully"),
-        run.index("stop requested; finishing the work in flight"),
-        run.index("work finished"),
-        run.index("LOG trioevents.host: stopped"),
-    ]
-    assert order == sorted(order)
+    _assert_in_flight_work_finished(
+        run, "SIGTERM: stopping gracefully", "LOG trioevents.host: stopped"
+    )
     assert "grace 30" in run.output
 
 
@@ -296,6 +426,7 @@ def _run_fails(
     done = subprocess.run(
         [_command(), *args],
         cwd=cwd,
+        env=_environ(),
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -367,8 +498,13 @@ def test_python_dash_m_runs_the_command() -> None:
 
 @pytest.fixture(autouse=True)
 def _keep_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run`` puts the current directory on sys.path; undo it after each test."""
+    """``run`` puts the current directory on sys.path; undo it after each test.
+
+    And no config variable of this environment configures the command.
+    """
     monkeypatch.setattr(sys, "path", [*sys.path])
+    for variable in CONFIG_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
 
 
 def _error_line(capsys: pytest.CaptureFixture[str], *, alone: bool = True) -> str:
@@ -389,6 +525,13 @@ def _error_line(capsys: pytest.CaptureFixture[str], *, alone: bool = True) -> st
         (":Orders", "names no module"),
         ("examples.missing", "cannot import 'examples.missing'"),
         ("examples.shop:OrderPlaced", "is not a service class: it has no name"),
+        (
+            "checkout.py",
+            "'checkout.py' is a file name; run takes a module: did you mean "
+            "'checkout'?",
+        ),
+        ("./myapp/orders.py:Orders", "did you mean 'myapp.orders:Orders'?"),
+        ("myapp/orders", "did you mean 'myapp.orders'?"),
     ],
 )
 def test_run_refuses_what_is_not_a_service(
@@ -460,11 +603,41 @@ def test_a_module_means_the_service_classes_defined_in_it(
     assert [cls.__name__ for cls in services] == ["Second", "First", "Billing"]
 
 
+def test_a_package_means_the_service_classes_it_re_exports(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As nameko: ``run myapp`` finds what ``myapp/__init__.py`` imports from it."""
+    name = f"myapp_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / name
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from .orders import Orders\n"
+        "from examples.shop import Billing  # another package's: not ours\n"
+        "from examples.shop import Notifications\n"
+        "__all__ = ['Orders', 'Notifications']\n"
+    )
+    (package / "orders.py").write_text(
+        textwrap.dedent(
+            """\
+            from trioevents import event_handler
+
+            class Orders:
+                name = "orders"
+                @event_handler("web", "checkout")
+                async def on_checkout(self, payload): ...
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    services = import_services([name])
+    assert [cls.__name__ for cls in services] == ["Orders", "Notifications"]
+
+
 # ------------------------------------------------------------------ dispatch
 
 
 async def _declare(uri: str, queue_name: str, source: str, event_type: str) -> None:
-    async with MemoryTransport.from_uri(uri).open_connection() as conn:
+    async with transport_for_uri(uri).open_connection() as conn:
         await conn.declare_exchange(
             f"{source}.events", ExchangeType.TOPIC, durable=True
         )
@@ -472,64 +645,98 @@ async def _declare(uri: str, queue_name: str, source: str, event_type: str) -> N
         await conn.bind_queue(queue_name, f"{source}.events", event_type)
 
 
-async def _drain(uri: str, queue_name: str) -> list[Any]:
+async def _drain(uri: str, queue_name: str, count: int) -> list[Any]:
     bodies: list[Any] = []
-    async with MemoryTransport.from_uri(uri).open_connection() as conn:
-        count = (await conn.declare_queue(queue_name, passive=True)).message_count
+    async with transport_for_uri(uri).open_connection() as conn:
         async with conn.open_consumer(queue_name, prefetch_count=0) as consumer:
-            for _ in range(count):
-                delivery = await consumer.receive()
-                assert delivery.properties.content_type == "application/json"
-                bodies.append(json.loads(delivery.body))
-                await delivery.ack()
+            with trio.fail_after(WAIT):
+                for _ in range(count):
+                    delivery = await consumer.receive()
+                    assert delivery.properties.content_type == "application/json"
+                    bodies.append(json.loads(delivery.body))
+                    await delivery.ack()
+        declared = await conn.declare_queue(queue_name, passive=True)
+        assert declared.message_count == 0
     return bodies
 
 
-def test_dispatch_publishes_one_event(
-    memory_uri: str, capsys: pytest.CaptureFixture[str]
+def test_dispatch_on_the_embedded_broker_is_an_error(
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    trio.run(_declare, memory_uri, "q", "web", "checkout")
-    code = main(["dispatch", "web", "checkout", '{"id": 1}', "--broker", memory_uri])
+    """No other process can see ``memory://``: dispatching there reaches no one."""
+    assert main(["dispatch", "web", "checkout", '{"id": 1}']) == 1
+    line = _error_line(capsys)
+    assert "dispatch cannot reach the embedded broker memory://" in line
+    assert "--broker amqp://user:password@host/" in line
+    assert "TRIOEVENTS_AMQP_URI" in line
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.rabbitmq
+def test_dispatch_publishes_one_event(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trio.run(_declare, rabbit_vhost, "q", "web", "checkout")
+    code = main(["dispatch", "web", "checkout", '{"id": 1}', "--broker", rabbit_vhost])
     assert code == 0
     captured = capsys.readouterr()
     assert captured.out == 'dispatched web checkout {"id": 1}\n'
-    assert "embedded broker" in captured.err
-    assert trio.run(_drain, memory_uri, "q") == [{"id": 1}]
+    assert captured.err == ""
+    assert trio.run(_drain, rabbit_vhost, "q", 1) == [{"id": 1}]
 
 
+@pytest.mark.rabbitmq
+def test_dispatch_reads_the_broker_from_the_environment(
+    rabbit_vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trio.run(_declare, rabbit_vhost, "q", "web", "checkout")
+    monkeypatch.setenv("TRIOEVENTS_AMQP_URI", rabbit_vhost)
+    assert main(["dispatch", "web", "checkout", "[1]"]) == 0
+    assert trio.run(_drain, rabbit_vhost, "q", 1) == [[1]]
+
+
+@pytest.mark.rabbitmq
 def test_dispatch_reads_one_event_per_line_from_stdin(
-    memory_uri: str,
+    rabbit_vhost: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    trio.run(_declare, memory_uri, "q", "web", "#")
+    trio.run(_declare, rabbit_vhost, "q", "web", "#")
     monkeypatch.setattr(sys, "stdin", io.StringIO('{"id": 1}\n\n[2, 3]\n"four"\n'))
-    assert main(["dispatch", "web", "checkout", "-", "--broker", memory_uri]) == 0
+    assert main(["dispatch", "web", "checkout", "-", "--broker", rabbit_vhost]) == 0
     assert capsys.readouterr().out.splitlines() == [
         'dispatched web checkout {"id": 1}',
         "dispatched web checkout [2, 3]",
         'dispatched web checkout "four"',
     ]
-    assert trio.run(_drain, memory_uri, "q") == [{"id": 1}, [2, 3], "four"]
+    assert trio.run(_drain, rabbit_vhost, "q", 3) == [{"id": 1}, [2, 3], "four"]
 
 
+@pytest.mark.rabbitmq
 def test_dispatch_without_data_sends_an_empty_object(
-    memory_uri: str, capsys: pytest.CaptureFixture[str]
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    trio.run(_declare, memory_uri, "q", "web", "ping")
-    assert main(["dispatch", "web", "ping", "--broker", memory_uri]) == 0
-    assert trio.run(_drain, memory_uri, "q") == [{}]
+    trio.run(_declare, rabbit_vhost, "q", "web", "ping")
+    assert main(["dispatch", "web", "ping", "--broker", rabbit_vhost]) == 0
+    assert trio.run(_drain, rabbit_vhost, "q", 1) == [{}]
 
 
-def test_dispatch_refuses_invalid_json(
-    memory_uri: str,
+def test_dispatch_refuses_invalid_json_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broker = "amqp://guest:guest@127.0.0.1:1/"  # never reached
+    assert main(["dispatch", "web", "x", "{nope", "--broker", broker]) == 1
+    assert "the event data is not valid JSON" in _error_line(capsys)
+
+
+@pytest.mark.rabbitmq
+def test_dispatch_stops_at_a_line_that_is_not_json(
+    rabbit_vhost: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["dispatch", "web", "x", "{nope", "--broker", memory_uri]) == 1
-    assert "the event data is not valid JSON" in _error_line(capsys)
     monkeypatch.setattr(sys, "stdin", io.StringIO("1\n{nope\n3\n"))
-    assert main(["dispatch", "web", "x", "-", "--broker", memory_uri]) == 1
+    assert main(["dispatch", "web", "x", "-", "--broker", rabbit_vhost]) == 1
     captured = capsys.readouterr()
     assert captured.out == "dispatched web x 1\n"
     assert "line 2 of standard input is not valid JSON" in captured.err
@@ -550,6 +757,18 @@ def test_dispatch_to_an_unreachable_broker_fails_in_one_line(
 # --------------------------------------------------------------- show-config
 
 
+def _show_config(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[str, dict[str, Any], dict[str, str], str]:
+    """Run show-config; return its header, the YAML it printed, each key's source
+    and what it logged."""
+    assert main(["show-config", *args]) == 0
+    captured = capsys.readouterr()
+    header, _, body = captured.out.partition("\n")
+    sources = dict(re.findall(r"^(\S+):.*  # (.+)$", body, re.MULTILINE))
+    return header, import_yaml().safe_load(body), sources, captured.err
+
+
 def test_show_config_prints_yaml_with_the_password_masked(
     tmp_path: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -566,27 +785,95 @@ def test_show_config_prints_yaml_with_the_password_masked(
     assert main(["show-config", "--config", str(config)]) == 0
     captured = capsys.readouterr()
     assert "s3cret" not in captured.out
-    assert "AMQP_URI: amqp://guest:****@rabbit:5672/\n" in captured.out
-    assert "max_workers: 4\n" in captured.out
-    assert "MY_APP_SETTING: 7\n" in captured.out
-    assert "unknown config key 'MY_APP_SETTING'" in captured.err
+    assert "AMQP_URI: amqp://guest:****@rabbit:5672/  # " in captured.out
+    assert "\nmax_workers: 4  # " in captured.out
+    assert "\nMY_APP_SETTING: 7  # " in captured.out
+    assert captured.err == ""  # the application's own key: no warning
 
 
-def test_show_config_applies_broker_over_the_file(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+def test_show_config_masks_the_applications_secrets(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setenv("TE_DB_PASSWORD", "abc #1")
     config = tmp_path / "config.yaml"
-    config.write_text("AMQP_URI: memory://a\n")
-    args = ["show-config", "--config", str(config), "--broker", "memory://b"]
-    assert main(args) == 0
-    assert "AMQP_URI: memory://b\n" in capsys.readouterr().out
+    config.write_text(
+        "DB_PASSWORD: ${TE_DB_PASSWORD}\n"
+        "DB_URI: postgres://orders:${TE_DB_PASSWORD}@db/orders\n"
+        "STRIPE: {api_key: sk_live_1, account: acct_2}\n"
+        "MAILER: {host: smtp, credentials: [u, hunter2]}\n"
+    )
+    _, shown, _, err = _show_config(capsys, "--config", str(config))
+    assert shown["DB_PASSWORD"] == "****"
+    assert shown["DB_URI"] == "postgres://orders:****@db/orders"
+    assert shown["STRIPE"] == {"api_key": "****", "account": "acct_2"}
+    assert shown["MAILER"] == {"host": "smtp", "credentials": ["****", "****"]}
+    assert "${TE_DB_PASSWORD} expands to text that a '#' would cut short" in err
+    assert "abc" not in err  # named, not shown
+
+
+def test_show_config_says_where_each_value_came_from(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--broker > TRIOEVENTS_<KEY> > --config > defaults."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "AMQP_URI: memory://file\nmax_workers: 2\nHEARTBEAT: 5\n"
+        "LOGGING: {version: 1, disable_existing_loggers: false}\n"
+    )
+    monkeypatch.setenv("TRIOEVENTS_AMQP_URI", "memory://env")
+    monkeypatch.setenv("TRIOEVENTS_MAX_WORKERS", "3")
+    header, shown, sources, _ = _show_config(
+        capsys, "--config", str(config), "--broker", "memory://flag"
+    )
+    assert header == (
+        f"# effective configuration from --broker, environment, {config} "
+        "(other keys: defaults); secrets masked"
+    )
+    assert (shown["AMQP_URI"], shown["max_workers"]) == ("memory://flag", 3)
+    assert (shown["HEARTBEAT"], shown["SHUTDOWN_GRACE"]) == (5, 30)
+    assert sources == {
+        **dict.fromkeys(Config(), "default"),
+        "AMQP_URI": "--broker",
+        "max_workers": "TRIOEVENTS_MAX_WORKERS",
+        "HEARTBEAT": str(config),
+        "LOGGING": str(config),
+    }
+
+
+def test_show_config_with_only_a_flag_does_not_claim_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    header, shown, sources, _ = _show_config(capsys, "--broker", "memory://b")
+    assert header == (
+        "# effective configuration from --broker (other keys: defaults); secrets masked"
+    )
+    assert shown["AMQP_URI"] == "memory://b"
+    assert sources["AMQP_URI"] == "--broker"
 
 
 def test_show_config_without_a_file_shows_the_defaults(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["show-config"]) == 0
-    assert "AMQP_URI: memory://\n" in capsys.readouterr().out
+    header, shown, sources, _ = _show_config(capsys)
+    assert header == "# effective configuration from the defaults; secrets masked"
+    assert shown == Config().to_mapping()
+    assert set(sources.values()) == {"default"}
+
+
+@pytest.mark.parametrize(
+    "broker", ["guest:Secret@host/", "amqp//guest:Secret@host/", "amqp:/guest:Secret@h"]
+)
+def test_a_mistyped_broker_is_not_echoed_with_its_password(
+    broker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["show-config", "--broker", broker]) == 1
+    line = _error_line(capsys)
+    assert "config key 'AMQP_URI'" in line
+    assert "Secret" not in line
 
 
 @pytest.mark.parametrize(
@@ -594,6 +881,12 @@ def test_show_config_without_a_file_shows_the_defaults(
     [
         ("max_workers: lots\n", "config key 'max_workers'"),
         ("- a list\n", "must be a YAML mapping"),
+        ("a: 1\nb: [2,\n", ", line 3, column 1: not valid YAML"),
+        (
+            "max_workers: lots\nHEARTBEAT: -1\n",
+            "2 config errors: config key 'max_workers': expected an integer >= 1, got "
+            "'lots' (str); config key 'HEARTBEAT'",
+        ),
     ],
 )
 def test_show_config_reports_a_bad_config_in_one_line(
@@ -611,6 +904,92 @@ def test_show_config_reports_a_bad_config_in_one_line(
 def test_a_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show-config", "--config", "/nonexistent/config.yaml"]) == 1
     assert "cannot read config file" in _error_line(capsys)
+
+
+# ------------------------------------------------------- docs/cli.rst transcripts
+
+
+def _console_transcripts(
+    path: pathlib.Path,
+) -> list[tuple[int, str, list[str], int | None]]:
+    """Each ``$ command`` of the page's ``console`` blocks.
+
+    Its line, the command, what it prints, and the exit status a following
+    ``$ echo $?`` shows (or ``None``).
+    """
+    transcripts: list[tuple[int, str, list[str], int | None]] = []
+    lines = path.read_text().splitlines()
+    number = 0
+    while number < len(lines):
+        if lines[number].strip() != ".. code-block:: console":
+            number += 1
+            continue
+        number += 1
+        while number < len(lines) and (
+            not lines[number].strip() or lines[number].startswith("    ")
+        ):
+            text = lines[number][4:]
+            number += 1
+            if text == "$ echo $?":
+                line, command, output, _ = transcripts[-1]
+                transcripts[-1] = (line, command, output, int(lines[number][4:]))
+                number += 1
+            elif text.startswith("$ "):
+                transcripts.append((number, text[2:], [], None))
+            elif text:
+                transcripts[-1][2].append(text)
+    return transcripts
+
+
+def _matches(expected: list[str], actual: list[str]) -> bool:
+    """Whether *actual* reads as *expected*, where a ``...`` line stands for any."""
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(_matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    return (
+        bool(actual) and actual[0] == expected[0] and _matches(expected[1:], actual[1:])
+    )
+
+
+CLI_TRANSCRIPTS = _console_transcripts(ROOT / "docs" / "cli.rst")
+
+
+def test_the_cli_page_has_transcripts() -> None:
+    assert len(CLI_TRANSCRIPTS) >= 5
+
+
+@pytest.mark.parametrize(
+    ("command", "output", "status"),
+    [transcript[1:] for transcript in CLI_TRANSCRIPTS],
+    ids=[f"cli.rst:{transcript[0]}" for transcript in CLI_TRANSCRIPTS],
+)
+def test_the_cli_page_quotes_what_the_command_prints(
+    command: str, output: list[str], status: int | None
+) -> None:
+    """Every ``$ trioevents ...`` of docs/cli.rst prints what the page says."""
+    words = shlex.split(command)
+    env: dict[str, str] = {}
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    assert words[0] == "trioevents", command
+    done = subprocess.run(
+        [_command(), *words[1:]],
+        cwd=ROOT,
+        env=_environ(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    actual = done.stdout.splitlines()
+    assert _matches(output, actual), "\n".join(
+        ["the page says:", *output, "the command prints:", *actual]
+    )
+    if status is not None:
+        assert done.returncode == status
 
 
 # ------------------------------------------------------- the example's services

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import collections.abc
 import io
 import logging
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+import trio
 
-from trioevents import Config, ConfigurationError
-from trioevents._config import _env_var_loader, expand_env_vars
+from trioevents import (
+    Config,
+    ConfigurationError,
+    DependencyProvider,
+    ServiceHost,
+    WorkerContext,
+    event_handler,
+)
+from trioevents._config import _env_var_loader, expand_env_vars, is_secret_key
+from trioevents._configfile import Layer
+from trioevents._uri import parse_broker_uri
 
 from .support.detonator import detonations, yaml_document
 
@@ -105,22 +116,85 @@ def test_prefetch_follows_max_workers_unless_set() -> None:
     assert Config(max_workers=4, prefetch_count=9).effective_prefetch_count == 9
 
 
-def test_unknown_keys_are_kept_and_logged_as_warnings(
+@pytest.mark.parametrize(
+    "key",
+    ["DB_URIS", "SERVICE_IDENTIFIER", "HEARTBEAT_INTERVAL", "AMQP_USER", "API_URI"],
+)
+def test_application_keys_are_kept_and_logged_at_debug_level(
+    key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nameko services keep their own keys in the config file: no warning per run."""
+    with caplog.at_level(logging.DEBUG, logger="trioevents.config"):
+        config = Config.from_mapping({key: {"orders": "sqlite://"}})
+    assert config.extra == {key: {"orders": "sqlite://"}}
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.DEBUG,
+            f"config key {key!r} is the application's; kept in Config.extra",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "known"),
+    [
+        ("AMQP_URL", "AMQP_URI"),
+        ("max_worker", "max_workers"),
+        ("MAX_WORKERS", "max_workers"),
+        ("Heartbeat", "HEARTBEAT"),
+        ("PUBLISH_TIMEOUTS", "PUBLISH_TIMEOUT"),
+        ("MAX_MSG_SIZE", "MAX_MESSAGE_SIZE"),
+    ],
+)
+def test_a_near_miss_of_a_known_key_is_a_warning_with_a_did_you_mean(
+    key: str, known: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trioevents.config"):
+        config = Config.from_mapping({key: 3})
+    assert config == Config(extra={key: 3})
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert f"unknown config key {key!r}: did you mean {known!r}?" in record.getMessage()
+
+
+def test_a_key_differing_only_in_case_says_keys_are_case_sensitive(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="trioevents.config"):
-        config = Config.from_mapping({"DB_URIS": {"orders": "sqlite://"}})
-    assert config.extra == {"DB_URIS": {"orders": "sqlite://"}}
-    assert "unknown config key 'DB_URIS'" in caplog.text
+        Config.from_mapping({"amqp_uri": "amqp://rabbit/"})
+    assert "did you mean 'AMQP_URI'? (keys are case-sensitive)" in caplog.text
 
 
-def test_a_key_differing_only_in_case_gets_a_hint(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    with caplog.at_level(logging.WARNING, logger="trioevents.config"):
-        config = Config.from_mapping({"MAX_WORKERS": 3})
-    assert config.max_workers == 10
-    assert "did you mean 'max_workers'?" in caplog.text
+def test_every_config_error_is_reported_at_once() -> None:
+    mapping: dict[Any, Any] = {
+        "max_workers": "lots",
+        "HEARTBEAT": -1,
+        1: "one",
+        "serializer": "json",
+        "SERIALIZER": "json",
+        "AMQP_URI": "redis://u:secret@host/",
+        "SHUTDOWN_GRACE": 5,
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        Config.from_mapping(mapping)
+    message = str(caught.value)
+    assert message.startswith("5 config errors: ")
+    for part in [
+        "config key 'max_workers': expected an integer >= 1, got 'lots' (str)",
+        "config key 'HEARTBEAT': expected a number of seconds",
+        "config keys must be strings, got 1",
+        "config keys 'serializer' and 'SERIALIZER' both set 'serializer'",
+        "AMQP_URI 'redis://u:****@host/' has an unsupported scheme",
+    ]:
+        assert part in message
+    assert "secret" not in message
+
+
+def test_direct_construction_reports_every_error_at_once() -> None:
+    with pytest.raises(ConfigurationError, match=r"^2 config errors: ") as caught:
+        Config(max_workers=0, heartbeat=-1)
+    assert "'max_workers'" in str(caught.value)
+    assert "'HEARTBEAT'" in str(caught.value)
 
 
 def test_nameko_keys_trioevents_does_not_use_are_not_warned_about(
@@ -221,9 +295,148 @@ def test_to_mapping_uses_nameko_keys_and_round_trips() -> None:
 
 def test_to_mapping_can_mask_the_password() -> None:
     config = Config(amqp_uri="amqp://guest:secret@rabbit:5672/")
-    assert config.to_mapping(mask_password=True)["AMQP_URI"] == (
+    assert config.to_mapping(mask_secrets=True)["AMQP_URI"] == (
         "amqp://guest:****@rabbit:5672/"
     )
+
+
+SECRETS = {
+    "DB_PASSWORD": "hunter2",
+    "DB_URI": "postgres://orders:pw-in-uri@db/orders",
+    "stripe": {"api_key": "sk_live_1", "public": "pk_live_2"},
+    "SENTRY_DSN": "https://dsn-key@sentry.example/1",
+    "tokens": ["tok-1", "tok-2"],
+    "LOGIN": "guest:pw-typo@rabbit/",
+    "EMPTY_PASSWORD": "",
+    "USE_TOKEN": True,
+}
+HIDDEN = ["secret", "hunter2", "pw-in-uri", "sk_live_1", "dsn-key", "tok-1", "pw-typo"]
+
+
+def test_to_mapping_can_mask_every_secret() -> None:
+    config = Config(amqp_uri="amqp://guest:secret@rabbit/", extra=SECRETS)
+    shown = config.to_mapping(mask_secrets=True)
+    assert not [word for word in HIDDEN if word in repr(shown)]
+    assert shown["DB_PASSWORD"] == "****"
+    assert shown["DB_URI"] == "postgres://orders:****@db/orders"
+    assert shown["stripe"] == {"api_key": "****", "public": "pk_live_2"}
+    assert shown["tokens"] == ["****", "****"]
+    assert (shown["EMPTY_PASSWORD"], shown["USE_TOKEN"]) == ("", True)
+    assert config.to_mapping()["DB_PASSWORD"] == "hunter2"
+
+
+def test_the_repr_masks_every_secret() -> None:
+    config = Config(
+        amqp_uri="amqp://guest:secret@rabbit/",
+        amqp_ssl={"keyfile": "k.pem", "password": "hunter2"},
+        extra=SECRETS,
+    )
+    text = repr(config)
+    assert not [word for word in HIDDEN if word in text]
+    assert "amqp_uri='amqp://guest:****@rabbit/'" in text
+    assert "'keyfile': 'k.pem'" in text
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("DB_PASSWORD", True),
+        ("dbPassword", True),
+        ("DB_PASS", True),
+        ("client_secret", True),
+        ("AUTH_TOKEN", True),
+        ("api_key", True),
+        ("privateKey", True),
+        ("aws_credentials", True),
+        ("SENTRY_DSN", True),
+        ("keyfile", False),
+        ("MAX_KEYS", False),
+        ("BYPASS_CACHE", False),
+        ("AMQP_URI", False),
+        ("SERVICE_IDENTIFIER", False),
+    ],
+)
+def test_secret_looking_keys(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("AMQP_SSL", {"password": "hunter2", 1: 2}),
+        ("LOGGING", {"handlers": {"mail": {"credentials": ["u", "hunter2"]}}}),
+        ("AMQP_URI", "guest:hunter2@rabbit/"),
+        ("AMQP_URI", "amqp//guest:hunter2@rabbit/"),
+        ("AMQP_URI", "amqp://guest:hunter2@rabbit:99999/"),
+    ],
+)
+def test_errors_mask_secrets(key: str, value: object) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Config.from_mapping({key: value})
+    assert "hunter2" not in str(caught.value)
+    assert "****" in str(caught.value)
+
+
+def test_extra_may_not_hold_a_config_key() -> None:
+    with pytest.raises(ConfigurationError, match="set the attribute 'max_workers'"):
+        Config(extra={"max_workers": 3})
+
+
+# --------------------------------------------------------- a read-only mapping
+
+
+def test_config_is_a_read_only_mapping_by_nameko_key() -> None:
+    """As nameko extensions read ``self.container.config``."""
+    config = Config.from_mapping(
+        {"AMQP_URI": "amqp://rabbit/", "max_workers": 3, "SERVICE_IDENTIFIER": "web-1"}
+    )
+    assert isinstance(config, collections.abc.Mapping)
+    assert config["AMQP_URI"] == "amqp://rabbit/"
+    assert config["max_workers"] == 3
+    assert config["HEARTBEAT"] == 60  # the default
+    assert config["SERVICE_IDENTIFIER"] == "web-1"
+    assert config.get("SERVICE_IDENTIFIER") == "web-1"
+    assert config.get("NOPE", "default") == "default"
+    assert "SERVICE_IDENTIFIER" in config
+    assert "amqp_uri" not in config  # keys are nameko's, not attribute names
+    with pytest.raises(KeyError):
+        config["NOPE"]
+    assert list(config)[:3] == ["AMQP_URI", "max_workers", "PREFETCH_COUNT"]
+    assert list(config)[-1] == "SERVICE_IDENTIFIER"
+    assert len(config) == len(list(config.keys())) == 16
+    assert dict(config.items())["LOGGING"] is None
+    assert not hasattr(config, "__setitem__")
+    assert Config.from_mapping(config) == config
+    assert hash(config) == hash(Config.from_mapping(config))
+    assert config != dict(config)
+
+
+async def test_an_extension_reads_the_config_as_nameko_does(memory_uri: str) -> None:
+    """``self.service.config['SERVICE_IDENTIFIER']``, as nameko's ``self.container.config``."""
+    seen: list[object] = []
+
+    class Identified(DependencyProvider[str]):
+        async def setup(self) -> None:
+            config = self.service.config
+            seen.append(config["SERVICE_IDENTIFIER"])
+            seen.append(config.get("REGION", "eu"))
+            seen.append("AMQP_URI" in config)
+
+        def get_dependency(self, worker_ctx: WorkerContext) -> str:
+            return str(self.service.config["SERVICE_IDENTIFIER"])
+
+    class Service:
+        name = "identified"
+        identity = Identified()
+
+        @event_handler("src", "ping")
+        async def on_ping(self, payload: object) -> None: ...
+
+    host = ServiceHost([Service], {"AMQP_URI": memory_uri, "SERVICE_IDENTIFIER": "n1"})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        await host.stop()
+    assert seen == ["n1", "eu", True]
 
 
 # ------------------------------------------------------------------- YAML
@@ -280,6 +493,25 @@ def test_yaml_python_tags_are_refused_by_a_safe_loader() -> None:
     assert detonations == []
 
 
+def test_a_yaml_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("AMQP_URI: memory://\nmax_workers: 2\nLOGGING: [1,\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Config.from_yaml(path)
+    message = str(caught.value)
+    assert message.startswith(f"config file {str(path)!r}, line 4, column 1: ")
+    assert "not valid YAML: expected the node content" in message
+    assert "<unicode string>" not in message
+    assert "\n" not in message
+
+
+def test_a_yaml_error_in_text_names_the_line() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Config.from_yaml("a: 1\nb:\tc\n\x07: x\n")
+    assert str(caught.value).startswith("the config, line ")
+    assert "<unicode string>" not in str(caught.value)
+
+
 def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read config file"):
         Config.from_yaml(tmp_path / "missing.yaml")
@@ -331,6 +563,78 @@ def test_quoted_scalars_are_substituted_only_when_tagged(
     assert config.extra == {"plain": "${TE_HOST}", "tagged": "rabbit"}
 
 
+def test_an_env_value_is_never_shown_in_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TE_MAX", "hunter2")
+    monkeypatch.setenv("TE_PASSWORD", "hunter3")
+    with pytest.raises(ConfigurationError) as caught:
+        Config.from_yaml(
+            "max_workers: ${TE_MAX}\n"
+            "HEARTBEAT: x${TE_PASSWORD}y\n"
+            "SHUTDOWN_GRACE: lots\n"
+        )
+    message = str(caught.value)
+    assert "hunter" not in message
+    assert (
+        "config key 'max_workers': expected an integer >= 1, got a value from "
+        "${TE_MAX} (str)"
+    ) in message
+    assert "got a value from ${TE_PASSWORD} (str)" in message
+    assert "got 'lots' (str)" in message  # written in the file: shown
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("ab: cd", "YAML would read as a mapping"),
+        ("abc #1", "a '#' would cut short"),
+        ("a: [b", "is not valid YAML"),
+    ],
+)
+def test_an_expanded_value_stays_whole_text(
+    password: str,
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nameko reads ``ab: cd`` as a mapping and cuts ``abc #1`` to ``abc``: not here."""
+    monkeypatch.setenv("TE_PASSWORD", password)
+    with caplog.at_level(logging.WARNING, logger="trioevents.config"):
+        config = Config.from_yaml(
+            "max_workers: 2\nDB_URI: postgres://app:${TE_PASSWORD}@db/orders\n"
+        )
+    assert config["DB_URI"] == f"postgres://app:{password}@db/orders"
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"the config, line 2: ${{TE_PASSWORD}} expands to text that {why}"
+        + record.getMessage().partition(why)[2]
+    )
+    assert "kept as text" in record.getMessage()
+    assert password not in caplog.text
+
+
+def test_a_password_yaml_would_read_as_a_mapping_is_no_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nameko reads it as ``{'amqp://guest:ab': 'cd@rabbit/'}``; the error showed it."""
+    monkeypatch.setenv("TE_PASSWORD", "ab: cd")
+    with caplog.at_level(logging.WARNING, logger="trioevents.config"):
+        config = Config.from_yaml("AMQP_URI: amqp://guest:${TE_PASSWORD}@rabbit/\n")
+    assert config.amqp_uri == "amqp://guest:ab: cd@rabbit/"
+    [address] = parse_broker_uri(config.amqp_uri).addresses
+    assert (address.host, address.password) == ("rabbit", "ab: cd")
+    assert "${TE_PASSWORD} expands to text that YAML would read as a mapping" in (
+        caplog.text
+    )
+
+
+def test_a_hash_does_not_empty_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TE_DB_PASSWORD", "#not-a-comment")
+    config = Config.from_yaml("DB_PASSWORD: ${TE_DB_PASSWORD}\n")
+    assert config["DB_PASSWORD"] == "#not-a-comment"
+
+
 def test_env_var_values_are_used_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TE_OUTER", "${TE_INNER}")
     monkeypatch.setenv("TE_INNER", "no")
@@ -357,3 +661,101 @@ def test_env_var_values_are_used_verbatim(monkeypatch: pytest.MonkeyPatch) -> No
 )
 def test_expand_env_vars(text: str, expected: str) -> None:
     assert expand_env_vars(text, {"X": "x"}) == expected
+
+
+# ------------------------------------------------------ file < environment
+
+
+def test_the_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("AMQP_URI: amqp://file/\nmax_workers: 2\nHEARTBEAT: 10\nDB: x\n")
+    environ = {"TRIOEVENTS_AMQP_URI": "amqp://env/", "TRIOEVENTS_MAX_WORKERS": "4"}
+    config = Config.load(path, environ=environ)
+    assert (config.amqp_uri, config.max_workers) == ("amqp://env/", 4)
+    assert (config.heartbeat, config["DB"]) == (10, "x")
+    assert Config.load(str(path), environ={}).amqp_uri == "amqp://file/"
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "key", "value"),
+    [
+        ("TRIOEVENTS_AMQP_URI", "amqp://u:p@rabbit/ #2", "AMQP_URI", "amqp://u:p@rabbit/ #2"),
+        ("TRIOEVENTS_AMQP_URI", "pyamqp://guest:guest@localhost", "AMQP_URI", "pyamqp://guest:guest@localhost"),
+        ("TRIOEVENTS_MAX_WORKERS", "4", "max_workers", 4),
+        ("TRIOEVENTS_PREFETCH_COUNT", "null", "PREFETCH_COUNT", None),
+        ("TRIOEVENTS_HEARTBEAT", "2.5", "HEARTBEAT", 2.5),
+        ("TRIOEVENTS_AMQP_SSL", "true", "AMQP_SSL", True),
+        ("TRIOEVENTS_AMQP_SSL", "{ca_certs: /etc/ca.pem}", "AMQP_SSL", {"ca_certs": "/etc/ca.pem"}),
+        ("TRIOEVENTS_SERIALIZER", "json", "serializer", "json"),
+        ("TRIOEVENTS_PARENT_CALLS_TRACKED", "3", "parent_calls_tracked", 3),
+        ("TRIOEVENTS_SHUTDOWN_GRACE", "5", "SHUTDOWN_GRACE", 5),
+    ],
+)  # fmt: skip
+def test_each_config_key_has_an_environment_variable(
+    variable: str, text: str, key: str, value: object
+) -> None:
+    assert Config.load(environ={variable: text})[key] == value
+
+
+def test_an_empty_environment_variable_counts_as_unset() -> None:
+    assert Config.load(environ={"TRIOEVENTS_AMQP_URI": ""}).amqp_uri == "memory://"
+
+
+def test_a_plain_amqp_uri_variable_is_not_read() -> None:
+    """Another program's ``AMQP_URI`` must not redirect a host: ``${AMQP_URI}`` does."""
+    environ = {"AMQP_URI": "amqp://theirs/"}
+    assert Config.load(environ=environ).amqp_uri == "memory://"
+
+
+def test_a_near_miss_environment_variable_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    environ = {
+        "TRIOEVENTS_AMQP_URL": "amqp://rabbit/",
+        "trioevents_max_workers": "3",
+        "TRIOEVENTS_NAMEKO_PYTHON": "/usr/bin/python",  # not a setting: not ours
+        "TRIOEVENTS_RABBIT_API_URI": "http://rabbit:15672/api/",
+    }
+    with caplog.at_level(logging.DEBUG, logger="trioevents.config"):
+        config = Config.load(environ=environ)
+    assert config == Config()
+    assert [r.getMessage() for r in caplog.records] == [
+        "environment variable TRIOEVENTS_AMQP_URL is not a trioevents setting; did "
+        "you mean TRIOEVENTS_AMQP_URI? (names are case-sensitive)",
+        "environment variable trioevents_max_workers is not a trioevents setting; "
+        "did you mean TRIOEVENTS_MAX_WORKERS? (names are case-sensitive)",
+    ]
+
+
+def test_an_environment_value_is_never_shown_in_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("SHUTDOWN_GRACE: lots\n")
+    environ = {
+        "TRIOEVENTS_MAX_WORKERS": "hunter2",
+        "TRIOEVENTS_AMQP_URI": "localhost:hunter3",
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        Config.load(path, environ=environ)
+    message = str(caught.value)
+    assert message.startswith("3 config errors: ")
+    assert "hunter" not in message
+    assert "got a value from $TRIOEVENTS_MAX_WORKERS (str)" in message
+    assert "got a value from $TRIOEVENTS_AMQP_URI (str)" in message
+    assert "config key 'SHUTDOWN_GRACE'" in message
+
+
+def test_load_says_where_each_value_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("AMQP_URI: amqp://file/\nmax_workers: 2\nAPP: 1\n")
+    loaded = Config._load(
+        path,
+        environ={"TRIOEVENTS_MAX_WORKERS": "4"},
+        flags=Layer("--broker", {"AMQP_URI": "amqp://flag/"}),
+    )
+    assert loaded.config.amqp_uri == "amqp://flag/"
+    assert loaded.sources["AMQP_URI"] == "--broker"
+    assert loaded.sources["max_workers"] == "TRIOEVENTS_MAX_WORKERS"
+    assert loaded.sources["APP"] == str(path)
+    assert loaded.sources["HEARTBEAT"] == "default"
+    assert loaded.layers == ("--broker", "environment", str(path))
+    assert set(loaded.sources) == set(loaded.config)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import traceback
 
 import pytest
+import trio
 
+import trioevents
+import trioevents.testing
 from trioevents import ConfigurationError, ServiceHost
 from trioevents._uri import (
     masked_uri,
@@ -96,6 +99,22 @@ def test_masked_uri_hides_passwords_with_uri_delimiters(password: str) -> None:
     assert masked_uri(uri) == "amqp://guest:****@rabbit.example:5672/orders"
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("guest:Secret@host/", "guest:****@host/"),
+        ("amqp//guest:Secret@host/", "amqp//guest:****@host/"),
+        ("amqp:/guest:Se/cret@host/", "amqp:****@host/"),
+        ("amqp//guest:Se@cret@host/v", "amqp//guest:****@host/v"),
+    ],
+)
+def test_masked_uri_hides_the_password_of_a_mistyped_uri(
+    text: str, masked: str
+) -> None:
+    """A ``--broker`` without ``://`` is shown in an error: masked all the same."""
+    assert masked_uri(text) == masked
+
+
 def test_masked_uri_leaves_the_rest_alone() -> None:
     assert masked_uri("amqp://rabbit/vhost?x=a@b") == "amqp://rabbit/vhost?x=a@b"
     assert masked_uri("amqp://guest@rabbit/") == "amqp://guest@rabbit/"
@@ -111,6 +130,27 @@ def test_every_password_of_a_failover_list_is_masked() -> None:
     assert (
         masked_uri(uri) == "amqp://a:****@rabbit1:5672//;amqp://b:****@rabbit2:5672//"
     )
+
+
+@pytest.mark.parametrize("scheme", ["pyamqp", "librabbitmq", "PyAMQP"])
+def test_kombu_transport_names_mean_amqp(scheme: str) -> None:
+    """nameko's default broker is ``pyamqp://guest:guest@localhost``, as kombu reads it."""
+    parsed = parse_broker_uri(f"{scheme}://guest:s3cret@localhost")
+    assert parsed.scheme == "amqp"
+    [address] = parsed.addresses
+    assert (address.host, address.port, address.tls) == ("localhost", 5672, False)
+    assert (address.username, address.password) == ("guest", "s3cret")
+    assert address.virtual_host == "/"
+    assert parsed.masked == f"{scheme}://guest:****@localhost"
+
+
+def test_a_kombu_transport_name_may_be_one_of_several_addresses() -> None:
+    parsed = parse_broker_uri("pyamqp://r1//;librabbitmq://r2//;amqps://r3//")
+    assert [(a.host, a.tls) for a in parsed.addresses] == [
+        ("r1", False),
+        ("r2", False),
+        ("r3", True),
+    ]
 
 
 def test_memory_uris_name_their_broker() -> None:
@@ -136,7 +176,8 @@ def test_several_addresses_keep_their_order_and_credentials() -> None:
     [
         (
             "redis://u:secret@localhost/",
-            "unsupported scheme; use one of memory://, amqp://, amqps://",
+            "unsupported scheme; use one of memory://, amqp://, amqps://, "
+            "pyamqp://, librabbitmq://",
         ),
         ("amqp://u:secret@r1/;redis://u:secret@r2/", "unsupported scheme"),
         ("memory://;amqp://u:secret@r1/", "memory:// cannot be one of several"),
@@ -175,3 +216,29 @@ def test_with_virtual_host_keeps_the_login_and_address() -> None:
         with_virtual_host("amqp://u:p@rabbit:5673/old?heartbeat=5", "a/b")
         == "amqp://u:p@rabbit:5673/a%2Fb"
     )
+
+
+@pytest.mark.rabbitmq
+async def test_nameko_default_scheme_reaches_rabbitmq(rabbit_vhost: str) -> None:
+    """A nameko config's ``pyamqp://`` URI serves and dispatches on RabbitMQ."""
+    received: list[object] = []
+
+    class Listener:
+        name = "listener"
+
+        @trioevents.event_handler("src", "ping")
+        async def on_ping(self, payload: object) -> None:
+            received.append(payload)
+
+    uri = "pyamqp://" + rabbit_vhost.partition("://")[2]
+    host = trioevents.ServiceHost([Listener], {"AMQP_URI": uri})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        with trio.fail_after(10):
+            async with trioevents.testing.entrypoint_waiter(
+                host, "listener", "on_ping"
+            ):
+                async with host.dispatcher() as dispatch:
+                    await dispatch("src", "ping", {"n": 1})
+        await host.stop()
+    assert received == [{"n": 1}]

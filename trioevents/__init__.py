@@ -55,6 +55,7 @@ from ._message import (
     Settlement as Settlement,
 )
 from ._publisher import Publisher as Publisher
+from ._signals import serve_until_signalled as serve_until_signalled
 from ._version import __version__ as __version__
 from ._worker import WorkerContext as WorkerContext
 
@@ -105,6 +106,7 @@ __all__ = [
     "WorkerContext",
     "WorkerResult",
     "event_handler",
+    "serve_until_signalled",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Typed configuration with nameko's keys, read from a mapping or YAML.
+"""Typed configuration with nameko's keys, read from a mapping, YAML or the environment.
 
 An existing nameko config file works unchanged::
 
@@ -32,50 +32,145 @@ config key                attribute                 default
 ========================  ========================  =======================================
 
 nameko spells ``serializer`` and ``parent_calls_tracked`` in lower case;
-``SERIALIZER`` and ``PARENT_CALLS_TRACKED`` are accepted too. Other keys nameko
-knows (``rpc_exchange``, ``WEB_SERVER_ADDRESS``, ...) are kept in
-:attr:`Config.extra` and logged at debug level; any other key is kept there too
-and logged as a **warning** through :mod:`logging` (logger
-``trioevents.config``), not :mod:`warnings`, so that test suites that turn
-warnings into errors still load an application's own keys, which nameko services
-keep in the same file.
+``SERIALIZER`` and ``PARENT_CALLS_TRACKED`` are accepted too. Any other key is
+the application's own (nameko services keep theirs in the same file): it is kept
+in :attr:`Config.extra` and logged at debug level, unless it is a near miss of a
+known key (``AMQP_URL``, ``max_worker``, ``MAX_WORKERS``), which is logged as a
+**warning** with a did-you-mean, through :mod:`logging` (logger
+``trioevents.config``), not :mod:`warnings`.
+
+:meth:`Config.load` stacks the sources: defaults < a YAML file < ``TRIOEVENTS_<KEY>``
+environment variables (``TRIOEVENTS_AMQP_URI``, ``TRIOEVENTS_MAX_WORKERS``, ...).
+Values that look secret (keys naming a password, secret, token, key,
+credential, DSN; URIs with a password) are masked wherever a config is shown.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import math
 import os
+import pathlib
 import re
-from collections.abc import Callable, Mapping
-from typing import IO, TYPE_CHECKING, Any, final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Final, final
 
 import attrs
 
+from ._configfile import (
+    Layer,
+    _env_var_loader as _env_var_loader,  # tests reach the loader here
+    closest,
+    environ_layer,
+    expand_env_vars,
+    yaml_layer,
+)
 from ._exceptions import ConfigurationError
 from ._uri import masked_uri, parse_broker_uri
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Config", "expand_env_vars"]
+__all__ = ["Config", "LoadedConfig", "expand_env_vars", "is_secret_key", "masked_value"]
 
 logger = logging.getLogger("trioevents.config")
 
 _MIB = 1024 * 1024
 _AMQP_SHORT_MAX = 65535
 
+# ------------------------------------------------------------------- secrets
 
-# ---------------------------------------------------------------- validators
+#: What a secret value shows as.
+MASK: Final = "****"
+# Anywhere in a key: DBPASSWORD, client_secret, AUTH_TOKEN, aws_credentials.
+_SECRET_PARTS: Final = ("password", "passwd", "secret", "token", "credential")
+# As a word of a key: DB_PASS, API_KEY, privateKey, SENTRY_DSN (not KEYFILE).
+_SECRET_WORDS: Final = frozenset({"pass", "pwd", "passphrase", "key", "apikey", "dsn"})
+_WORD: Final = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
-def _fail(key: str, expected: str, value: object) -> ConfigurationError:
-    return ConfigurationError(
-        f"config key {key!r}: expected {expected}, got {value!r} "
-        f"({type(value).__name__})"
-    )
+def is_secret_key(key: str) -> bool:
+    """Whether a config key names a secret (``DB_PASSWORD``, ``API_KEY``, ...)."""
+    lowered = key.lower()
+    if any(part in lowered for part in _SECRET_PARTS):
+        return True
+    return any(word.lower() in _SECRET_WORDS for word in _WORD.findall(key))
+
+
+def masked_value(value: Any, key: str = "", *, secret: bool = False) -> Any:
+    """Return *value* fit to show: secrets masked, all the way down.
+
+    The value of a secret-looking key (:func:`is_secret_key`), and everything
+    under it, shows as ``****`` (``None``, ``""`` and booleans show as they are:
+    they tell nothing). A string holding a URI with a password shows with the
+    password masked (:func:`~trioevents._uri.masked_uri`), under any key.
+    """
+    secret = secret or is_secret_key(key)
+    if isinstance(value, Mapping):
+        return {
+            name: masked_value(
+                item, name if isinstance(name, str) else "", secret=secret
+            )
+            for name, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [masked_value(item, key, secret=secret) for item in value]
+    if secret and value is not None and value != "" and not isinstance(value, bool):
+        return MASK
+    if isinstance(value, str) and _may_hold_credentials(value):
+        return masked_uri(value)
+    return value
+
+
+def _may_hold_credentials(text: str) -> bool:
+    # "amqp://u:pw@host", and the mistyped "u:pw@host/"; not prose with an "@".
+    return "://" in text or ("@" in text and not any(c.isspace() for c in text))
+
+
+def _masked_repr(value: Any) -> str:
+    return repr(masked_value(value))
+
+
+# ---------------------------------------------------------------- checking
+
+#: Check a value; return what was expected when it is wrong, else ``None``.
+Check = Callable[[Any], str | None]
+_CHECK: Final = "trioevents.check"
+
+
+@final
+@attrs.frozen
+class _Problem:
+    """One thing wrong with a config: a key's value, or a key itself."""
+
+    key: str
+    expected: str = ""
+    value: object = None
+    #: The whole message, when it is not "expected ..., got ...".
+    message: str | None = None
+
+    def render(self, hidden: Mapping[str, str]) -> str:
+        """The message; a value from the environment is named, not shown."""
+        if self.message is not None:
+            return self.message
+        if self.key in hidden:
+            shown = f"a value from {hidden[self.key]}"
+        else:
+            shown = repr(masked_value(self.value, self.key))
+        return (
+            f"config key {self.key!r}: expected {self.expected}, got {shown} "
+            f"({type(self.value).__name__})"
+        )
+
+
+def _error(
+    problems: Sequence[_Problem], hidden: Mapping[str, str]
+) -> ConfigurationError:
+    """One error listing every problem."""
+    messages = [problem.render(hidden) for problem in problems]
+    if len(messages) == 1:
+        return ConfigurationError(messages[0])
+    return ConfigurationError(f"{len(messages)} config errors: " + "; ".join(messages))
 
 
 def _is_int(value: object) -> bool:
@@ -90,96 +185,129 @@ def _is_number(value: object) -> bool:
     )
 
 
-Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
-
-
-def _int_at_least(key: str, low: int, high: int | None = None) -> Validator:
+def _int_at_least(low: int, high: int | None = None) -> Check:
     expected = f"an integer >= {low}" + (f" and <= {high}" if high else "")
 
-    def check(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
+    def check(value: Any) -> str | None:
         if not _is_int(value) or value < low or (high is not None and value > high):
-            raise _fail(key, expected, value)
+            return expected
+        return None
 
     return check
 
 
-def _seconds(key: str, *, optional: bool = False, positive: bool = False) -> Validator:
+def _seconds(*, optional: bool = False, positive: bool = False) -> Check:
     expected = "a number of seconds " + ("> 0" if positive else ">= 0")
     if optional:
         expected += " or null"
 
-    def check(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
+    def check(value: Any) -> str | None:
         if value is None and optional:
-            return
+            return None
         if not _is_number(value) or value < 0 or (positive and value == 0):
-            raise _fail(key, expected, value)
+            return expected
+        return None
 
     return check
 
 
-def _check_amqp_uri(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
+def _check_amqp_uri(value: Any) -> str | None:
     if not isinstance(value, str) or "://" not in value:
-        shown = masked_uri(value) if isinstance(value, str) else value
-        raise _fail("AMQP_URI", "a broker URI such as memory:// or amqp://host/", shown)
-    parse_broker_uri(value)
+        return "a broker URI such as memory:// or amqp://host/"
+    parse_broker_uri(value)  # a ConfigurationError, the URI masked
+    return None
 
 
-def _check_prefetch(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not _is_int(value) or not 0 <= value <= _AMQP_SHORT_MAX:
-        raise _fail("PREFETCH_COUNT", f"null or an integer 0..{_AMQP_SHORT_MAX}", value)
+def _check_prefetch(value: Any) -> str | None:
+    if value is None or (_is_int(value) and 0 <= value <= _AMQP_SHORT_MAX):
+        return None
+    return f"null or an integer 0..{_AMQP_SHORT_MAX}"
 
 
-def _check_heartbeat(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not _is_number(value) or not 0 <= value <= _AMQP_SHORT_MAX:
-        raise _fail(
-            "HEARTBEAT",
-            f"a number of seconds 0..{_AMQP_SHORT_MAX}, or 0 or null to disable it",
-            value,
+def _check_heartbeat(value: Any) -> str | None:
+    if value is None or (_is_number(value) and 0 <= value <= _AMQP_SHORT_MAX):
+        return None
+    return f"a number of seconds 0..{_AMQP_SHORT_MAX}, or 0 or null to disable it"
+
+
+def _check_serializer(value: Any) -> str | None:
+    if value == "json":
+        return None
+    return "'json' (nameko's default, the only serializer trioevents speaks)"
+
+
+def _check_amqp_ssl(value: Any) -> str | None:
+    if value is None or isinstance(value, bool) or _is_str_mapping(value):
+        return None
+    return (
+        "null, a boolean or a mapping of ssl options (ca_certs, certfile, keyfile, "
+        "cert_reqs, ...)"
+    )
+
+
+def _check_logging(value: Any) -> str | None:
+    if value is None or (isinstance(value, Mapping) and value.get("version") == 1):
+        return None
+    return "null or a logging.config.dictConfig mapping (version: 1)"
+
+
+def _is_str_mapping(value: object) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+
+
+def _problems(values: Mapping[str, Any]) -> list[_Problem]:
+    """Check every attribute's value; return each problem (attribute -> value)."""
+    problems: list[_Problem] = []
+    for field in attrs.fields(Config):
+        if field.name not in values or _CHECK not in field.metadata:
+            continue
+        key, value = _ATTRIBUTE_TO_KEY[field.name], values[field.name]
+        try:
+            expected = field.metadata[_CHECK](value)
+        except ConfigurationError as exc:
+            problems.append(_Problem(key, message=str(exc)))
+            continue
+        if expected is not None:
+            problems.append(_Problem(key, expected, value))
+    extra = values.get("extra", {})
+    if not _is_str_mapping(extra):
+        problems.append(
+            _Problem(
+                "extra",
+                message=f"Config.extra must be a mapping with string keys, got "
+                f"{_masked_repr(extra)}",
+            )
         )
-
-
-def _check_serializer(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if value != "json":
-        raise ConfigurationError(
-            f"config key 'serializer': {value!r} is not supported; trioevents "
-            "speaks 'json' only (nameko's default)"
+    else:
+        problems.extend(
+            _Problem(
+                key,
+                message=f"Config.extra holds the config key {key!r}: set "
+                f"the attribute {_KEY_TO_ATTRIBUTE[key]!r} instead",
+            )
+            for key in extra
+            if key in _KEY_TO_ATTRIBUTE
         )
-
-
-def _check_amqp_ssl(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or isinstance(value, bool):
-        return
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise _fail(
-            "AMQP_SSL",
-            "null, a boolean or a mapping of ssl options (ca_certs, certfile, "
-            "keyfile, cert_reqs, ...)",
-            value,
-        )
-
-
-def _check_logging(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, Mapping) or value.get("version") != 1:
-        raise _fail(
-            "LOGGING", "null or a logging.config.dictConfig mapping (version: 1)", value
-        )
-
-
-def _check_extra(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigurationError(
-            f"Config.extra must be a mapping with string keys, got {value!r}"
-        )
+    return problems
 
 
 def _copy_mapping(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
+
+
+def _field(default: Any, check: Check, **kwargs: Any) -> Any:
+    return attrs.field(default=default, metadata={_CHECK: check}, **kwargs)
+
+
+def _mapping_field(default: Any, check: Check | None = None) -> Any:
+    """A mapping-valued field: copied in, left out of the hash, masked in the repr."""
+    return attrs.field(
+        **({"factory": dict} if default is dict else {"default": default}),
+        metadata={} if check is None else {_CHECK: check},
+        converter=_copy_mapping,
+        hash=False,
+        repr=_masked_repr,
+    )
 
 
 # ---------------------------------------------------------------------- Config
@@ -187,19 +315,29 @@ def _copy_mapping(value: Any) -> Any:
 
 @final
 @attrs.frozen(kw_only=True)
-class Config:
+class Config(Mapping[str, Any]):
     """The configuration of a host, the CLI and the testing kit.
 
-    Build it from nameko-style keys with :meth:`from_mapping` or
-    :meth:`from_yaml`, or directly with the attribute names. Every value is
-    checked; a wrong one raises :class:`~trioevents.ConfigurationError` naming the
-    config key.
+    Build it from nameko-style keys with :meth:`from_mapping`, :meth:`from_yaml`
+    or :meth:`load` (file and environment), or directly with the attribute
+    names. Every value is checked; wrong ones raise one
+    :class:`~trioevents.ConfigurationError` naming each key.
+
+    A config is also a read-only mapping by nameko key, as a nameko extension
+    reads ``self.container.config``: ``config["AMQP_URI"]``,
+    ``config.get("SERVICE_IDENTIFIER")``, ``"DB_URI" in config``, ``keys()``,
+    iteration. It holds every known key (with its default when not given) and
+    the application's own keys (:attr:`extra`). An extension reaches it as
+    ``self.service.config``.
+
+    Its ``repr()`` masks secrets (see :meth:`to_mapping`).
 
     Attributes
     ----------
     amqp_uri
         ``AMQP_URI``: the broker; ``memory://`` (or ``memory://NAME``) is the
-        embedded broker.
+        embedded broker; ``amqp://``, ``amqps://`` (and kombu's ``pyamqp://``
+        and ``librabbitmq://``) are RabbitMQ.
     max_workers
         ``max_workers``: how many handlers of one service run at once.
     prefetch_count
@@ -241,46 +379,45 @@ class Config:
         theirs in the same file) and nameko keys trioevents does not use.
     """
 
-    amqp_uri: str = attrs.field(default="memory://", validator=_check_amqp_uri)
-    max_workers: int = attrs.field(
-        default=10, validator=_int_at_least("max_workers", 1)
-    )
-    prefetch_count: int | None = attrs.field(default=None, validator=_check_prefetch)
-    heartbeat: float | None = attrs.field(default=60, validator=_check_heartbeat)
-    serializer: str = attrs.field(default="json", validator=_check_serializer)
-    amqp_ssl: bool | Mapping[str, Any] | None = attrs.field(
-        default=None, validator=_check_amqp_ssl, converter=_copy_mapping, hash=False
-    )
-    shutdown_grace: float = attrs.field(
-        default=30, validator=_seconds("SHUTDOWN_GRACE")
-    )
-    parent_calls_tracked: int = attrs.field(
-        default=10, validator=_int_at_least("parent_calls_tracked", 0)
-    )
-    publish_timeout: float | None = attrs.field(
-        default=30, validator=_seconds("PUBLISH_TIMEOUT", optional=True, positive=True)
-    )
-    connect_attempts: int = attrs.field(
-        default=5, validator=_int_at_least("CONNECT_ATTEMPTS", 1)
-    )
-    reconnect_delay: float = attrs.field(
-        default=0.5, validator=_seconds("RECONNECT_DELAY")
-    )
-    reconnect_max_delay: float = attrs.field(
-        default=30, validator=_seconds("RECONNECT_MAX_DELAY")
-    )
-    logging_config: Mapping[str, Any] | None = attrs.field(
-        default=None, validator=_check_logging, converter=_copy_mapping, hash=False
-    )
-    max_message_size: int = attrs.field(
-        default=16 * _MIB, validator=_int_at_least("MAX_MESSAGE_SIZE", 1)
-    )
-    max_json_depth: int = attrs.field(
-        default=100, validator=_int_at_least("MAX_JSON_DEPTH", 1)
-    )
-    extra: Mapping[str, Any] = attrs.field(
-        factory=dict, validator=_check_extra, converter=_copy_mapping, hash=False
-    )
+    amqp_uri: str = _field("memory://", _check_amqp_uri, repr=_masked_repr)
+    max_workers: int = _field(10, _int_at_least(1))
+    prefetch_count: int | None = _field(None, _check_prefetch)
+    heartbeat: float | None = _field(60, _check_heartbeat)
+    serializer: str = _field("json", _check_serializer)
+    amqp_ssl: bool | Mapping[str, Any] | None = _mapping_field(None, _check_amqp_ssl)
+    shutdown_grace: float = _field(30, _seconds())
+    parent_calls_tracked: int = _field(10, _int_at_least(0))
+    publish_timeout: float | None = _field(30, _seconds(optional=True, positive=True))
+    connect_attempts: int = _field(5, _int_at_least(1))
+    reconnect_delay: float = _field(0.5, _seconds())
+    reconnect_max_delay: float = _field(30, _seconds())
+    logging_config: Mapping[str, Any] | None = _mapping_field(None, _check_logging)
+    max_message_size: int = _field(16 * _MIB, _int_at_least(1))
+    max_json_depth: int = _field(100, _int_at_least(1))
+    extra: Mapping[str, Any] = _mapping_field(dict)
+
+    def __attrs_post_init__(self) -> None:
+        values = {
+            field.name: getattr(self, field.name) for field in attrs.fields(Config)
+        }
+        problems = _problems(values)
+        if problems:
+            raise _error(problems, {})
+
+    # -- the read-only mapping, by nameko key
+
+    def __getitem__(self, key: str) -> Any:
+        attribute = _ATTRIBUTE_BY_KEY.get(key)
+        if attribute is not None:
+            return getattr(self, attribute)
+        return self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _ATTRIBUTE_BY_KEY
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return len(_ATTRIBUTE_BY_KEY) + len(self.extra)
 
     @property
     def effective_prefetch_count(self) -> int:
@@ -293,41 +430,20 @@ class Config:
     def from_mapping(cls, mapping: Mapping[str, Any]) -> Self:
         """Build a config from nameko-style keys.
 
-        Unknown keys are kept in :attr:`extra` and logged as a warning (with a
-        hint when only the case differs from a known key); nameko keys trioevents
-        does not use are kept there and logged at debug level.
+        Unknown keys are kept in :attr:`extra`: logged at debug level as the
+        application's own, or as a warning with a did-you-mean when they are a
+        near miss of a known key (``AMQP_URL``, ``max_worker``, ``MAX_WORKERS``).
+        nameko keys trioevents does not use are kept there too.
 
         Raises
         ------
         ConfigurationError
-            A value has the wrong type or is out of range (the message names the
-            key), or a key is given twice (e.g. ``serializer`` and
+            Listing every problem at once: a value with the wrong type or out of
+            range (the message names the key, secrets masked), a key that is not
+            a string, or a key given twice (e.g. ``serializer`` and
             ``SERIALIZER``).
         """
-        if not isinstance(mapping, Mapping):
-            raise ConfigurationError(
-                f"the config must be a mapping of keys to values, got "
-                f"{type(mapping).__name__}"
-            )
-        kwargs: dict[str, Any] = {}
-        given_as: dict[str, str] = {}
-        extra: dict[str, Any] = {}
-        for key, value in mapping.items():
-            if not isinstance(key, str):
-                raise ConfigurationError(f"config keys must be strings, got {key!r}")
-            attribute = _KEY_TO_ATTRIBUTE.get(key)
-            if attribute is None:
-                extra[key] = value
-                _log_unused_key(key)
-                continue
-            if attribute in given_as:
-                raise ConfigurationError(
-                    f"config keys {given_as[attribute]!r} and {key!r} both set "
-                    f"{_ATTRIBUTE_TO_KEY[attribute]!r}; keep one"
-                )
-            given_as[attribute] = key
-            kwargs[attribute] = value
-        return cls(**kwargs, extra=extra)
+        return cls._build([Layer("the config", mapping)]).config
 
     @classmethod
     def from_yaml(cls, source: str | os.PathLike[str] | IO[str]) -> Self:
@@ -338,8 +454,15 @@ class Config:
         ``VAR`` from the environment, else the default (itself expanded, so
         ``${A:${B:x}}`` works), else the empty string; the result is then read as
         YAML, so ``${PORT:5672}`` is the integer 5672 and an unset ``${X}`` is
-        ``null``. Quoted scalars without the tag are left alone, as in nameko.
-        YAML is read with :func:`yaml.safe_load` semantics: no Python tags.
+        ``null``. Unlike nameko, a result YAML would read as a mapping or a
+        list, or cut short at a ``#`` (a comment), stays text, with a warning
+        naming the line and the variables: a password such as ``ab: cd`` or
+        ``abc #1`` arrives whole. Quoted scalars without the tag are left alone,
+        as in nameko. YAML is read with :func:`yaml.safe_load` semantics: no
+        Python tags.
+
+        Errors name the source and, for invalid YAML, the line and column; they
+        never show a value that came from the environment.
 
         Parameters
         ----------
@@ -350,59 +473,167 @@ class Config:
         Raises
         ------
         ConfigurationError
-            The file cannot be read, the YAML is invalid or not a mapping, or a
-            value is wrong (see :meth:`from_mapping`).
+            The file cannot be read, the YAML is invalid or not a mapping, or
+            values are wrong (see :meth:`from_mapping`).
         """
-        where = "the config"
-        if isinstance(source, os.PathLike):
-            where = f"config file {os.fspath(source)!r}"
-            try:
-                with open(source, encoding="utf-8") as file:
-                    text = file.read()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigurationError(f"cannot read {where}: {exc}") from exc
-        elif isinstance(source, str):
-            text = source
-        else:
-            where = f"config file {getattr(source, 'name', source)!r}"
-            text = source.read()
-        yaml = _import_yaml()
-        try:
-            loaded = yaml.load(text, Loader=_env_var_loader())
-        except yaml.YAMLError as exc:
-            raise ConfigurationError(f"{where} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, Mapping):
-            hint = (
-                " (to read a file, pass a pathlib.Path)"
-                if isinstance(source, str)
-                else ""
-            )
-            raise ConfigurationError(
-                f"{where} must be a YAML mapping of keys to values, got "
-                f"{type(loaded).__name__}{hint}"
-            )
-        return cls.from_mapping(loaded)
+        return cls._build([yaml_layer(source)]).config
 
-    def to_mapping(self, *, mask_password: bool = False) -> dict[str, Any]:
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> Self:
+        """Build a config as ``trioevents run`` does: defaults < file < environment.
+
+        Each ``TRIOEVENTS_<KEY>`` environment variable sets the config key
+        ``<KEY>`` (upper case: ``TRIOEVENTS_AMQP_URI``,
+        ``TRIOEVENTS_MAX_WORKERS``, ``TRIOEVENTS_SERIALIZER``), over the file.
+        ``AMQP_URI`` and ``serializer`` are taken as they are; other values are
+        read as YAML (``8``, ``true``, ``null``, ``{ca_certs: ca.pem}``). An
+        empty variable counts as unset. A plain ``AMQP_URI`` variable is not
+        read (another program's may be set); write ``AMQP_URI: ${AMQP_URI}`` in
+        the file to use it, as nameko does.
+
+        Parameters
+        ----------
+        path
+            A YAML config file (a :class:`str` is a file name here), or ``None``.
+        environ
+            The environment (default: :data:`os.environ`).
+
+        Raises
+        ------
+        ConfigurationError
+            As :meth:`from_yaml`; every problem of every source at once.
+        """
+        return cls._load(path, environ=environ).config
+
+    @classmethod
+    def _load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        flags: Layer | None = None,
+    ) -> LoadedConfig:
+        """:meth:`load`, then *flags* on top; say where each value came from."""
+        layers: list[Layer] = []
+        if path is not None:
+            layers.append(yaml_layer(pathlib.Path(path)))
+        layers.append(
+            environ_layer(
+                os.environ if environ is None else environ,
+                _ATTRIBUTE_BY_KEY,
+                text_keys=_TEXT_KEYS,
+            )
+        )
+        if flags is not None:
+            layers.append(flags)
+        return cls._build(layers)
+
+    @classmethod
+    def _build(cls, layers: Sequence[Layer]) -> LoadedConfig:
+        """Stack *layers* (lowest first) and check the result, every problem at once."""
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        layer_of: dict[str, str] = {}
+        hidden: dict[str, str] = {}
+        problems: list[_Problem] = []
+        for layer in layers:
+            if not isinstance(layer.values, Mapping):
+                raise ConfigurationError(
+                    f"the config must be a mapping of keys to values, got "
+                    f"{type(layer.values).__name__}"
+                )
+            given_as: dict[str, str] = {}
+            for key, value in layer.values.items():
+                if not isinstance(key, str):
+                    problems.append(
+                        _Problem(
+                            str(key),
+                            message=f"config keys must be strings, got {key!r}",
+                        )
+                    )
+                    continue
+                attribute = _KEY_TO_ATTRIBUTE.get(key)
+                if attribute is None:
+                    name = key
+                    extra[key] = value
+                    _log_unknown_key(key)
+                elif attribute in given_as:
+                    problems.append(
+                        _Problem(
+                            key,
+                            message=f"config keys {given_as[attribute]!r} and {key!r} "
+                            f"both set {_ATTRIBUTE_TO_KEY[attribute]!r}; keep one",
+                        )
+                    )
+                    continue
+                else:
+                    name = _ATTRIBUTE_TO_KEY[attribute]
+                    given_as[attribute] = key
+                    kwargs[attribute] = value
+                sources[name] = layer.source_of(key)
+                layer_of[name] = layer.name
+                if key in layer.hidden:
+                    hidden[name] = layer.hidden[key]
+                else:
+                    hidden.pop(name, None)
+        defaults = {
+            field.name: field.default
+            for field in attrs.fields(Config)
+            if field.name != "extra"
+        }
+        problems += _problems({**defaults, **kwargs, "extra": extra})
+        if problems:
+            raise _error(problems, hidden)
+        config = cls(**kwargs, extra=extra)
+        used = set(layer_of.values())
+        return LoadedConfig(
+            config,
+            {key: sources.get(key, "default") for key in config},
+            tuple(layer.name for layer in reversed(layers) if layer.name in used),
+        )
+
+    def to_mapping(self, *, mask_secrets: bool = False) -> dict[str, Any]:
         """Return the config with nameko's keys, :attr:`extra` included.
 
         Parameters
         ----------
-        mask_password
-            Hide the password of ``AMQP_URI`` (see :func:`masked_uri`), as
-            ``show-config`` does.
+        mask_secrets
+            Mask every secret-looking value, as ``show-config`` does: the
+            password of ``AMQP_URI`` and of any other URI, and the values of keys
+            naming a password, secret, token, key, credential or DSN
+            (``DB_PASSWORD``, ``API_KEY``), at any depth.
         """
-        result: dict[str, Any] = {}
-        for attribute, key in _ATTRIBUTE_TO_KEY.items():
-            value = getattr(self, attribute)
-            result[key] = dict(value) if isinstance(value, Mapping) else value
-        if mask_password:
-            result["AMQP_URI"] = masked_uri(self.amqp_uri)
-        for key, value in self.extra.items():
-            result.setdefault(key, value)
+        result = {key: _copy_mapping(value) for key, value in self.items()}
+        if mask_secrets:
+            return {key: masked_value(value, key) for key, value in result.items()}
         return result
+
+
+@final
+@attrs.frozen
+class LoadedConfig:
+    """A config and where each of its values came from (``show-config``).
+
+    Attributes
+    ----------
+    config
+        The config.
+    sources
+        Every key of :attr:`config` -> ``"default"``, or the source that set it:
+        a file name, an environment variable, a command-line flag.
+    layers
+        The sources that set at least one key, the strongest first.
+    """
+
+    config: Config
+    sources: Mapping[str, str]
+    layers: tuple[str, ...]
 
 
 #: attribute -> the key nameko writes (the one :meth:`Config.to_mapping` uses).
@@ -423,11 +654,18 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "max_message_size": "MAX_MESSAGE_SIZE",
     "max_json_depth": "MAX_JSON_DEPTH",
 }
+#: nameko key -> attribute: the keys a :class:`Config` mapping holds.
+_ATTRIBUTE_BY_KEY: dict[str, str] = {
+    key: attribute for attribute, key in _ATTRIBUTE_TO_KEY.items()
+}
+#: every accepted spelling -> attribute.
 _KEY_TO_ATTRIBUTE: dict[str, str] = {
-    **{key: attribute for attribute, key in _ATTRIBUTE_TO_KEY.items()},
+    **_ATTRIBUTE_BY_KEY,
     "SERIALIZER": "serializer",
     "PARENT_CALLS_TRACKED": "parent_calls_tracked",
 }
+#: Keys whose value an environment variable gives as it is, never read as YAML.
+_TEXT_KEYS: Final = frozenset({"AMQP_URI", "serializer"})
 # Keys nameko (2.x) reads that trioevents has no use for.
 _NAMEKO_UNUSED_KEYS = frozenset(
     {
@@ -441,109 +679,23 @@ _NAMEKO_UNUSED_KEYS = frozenset(
         "SERVICE_RUNNER_CLS",
     }
 )
-_KEYS_BY_LOWER = {key.lower(): key for key in _KEY_TO_ATTRIBUTE}
 
 
-def _log_unused_key(key: str) -> None:
+def _log_unknown_key(key: str) -> None:
+    """A near miss of a known key is a warning; anything else is the application's."""
     if key in _NAMEKO_UNUSED_KEYS:
         logger.debug("config key %r is nameko's; trioevents does not use it", key)
         return
-    close = _KEYS_BY_LOWER.get(key.lower())
-    hint = f" (did you mean {close!r}? keys are case-sensitive)" if close else ""
-    logger.warning("unknown config key %r%s; it is kept in Config.extra", key, hint)
-
-
-# ------------------------------------------------------------- YAML and ${ENV}
-
-
-def _import_yaml() -> Any:
-    """Import PyYAML (untyped: it is only touched here, at the boundary)."""
-    try:
-        return importlib.import_module("yaml")
-    except ImportError as exc:  # pragma: no cover - a dependency of trioevents
-        raise ConfigurationError(
-            "reading YAML config needs PyYAML: pip install pyyaml"
-        ) from exc
-
-
-_ENV_VAR_TAG = "!env_var"
-# nameko's IMPLICIT_ENV_VAR_MATCHER: the plain scalars that get the tag.
-_IMPLICIT_ENV_VAR = re.compile(r".*\$\{.*\}.*")
-
-
-@functools.cache
-def _env_var_loader() -> Any:
-    """Return a SafeLoader subclass that expands ``${VAR:default}`` like nameko.
-
-    A subclass, so the global PyYAML loaders are left as they are (nameko
-    registers its constructor on them).
-    """
-    yaml = _import_yaml()
-
-    def construct(loader: Any, node: Any) -> Any:
-        raw = loader.construct_scalar(node)
-        return yaml.safe_load(expand_env_vars(raw))
-
-    loader_cls: Any = type("EnvVarSafeLoader", (yaml.SafeLoader,), {})
-    loader_cls.add_constructor(_ENV_VAR_TAG, construct)
-    loader_cls.add_implicit_resolver(_ENV_VAR_TAG, _IMPLICIT_ENV_VAR, None)
-    return loader_cls
-
-
-def expand_env_vars(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Expand ``${VAR}`` and ``${VAR:default}`` in *text* (nameko's rules).
-
-    ``VAR`` (no ``{``, ``}``, ``:`` or white space) is read from *environ*
-    (:data:`os.environ` by default) and used as it is. If unset, the default is
-    used, itself expanded, so defaults may hold ``${...}`` and braces; with no
-    default the result is the empty string. Text that is not a well-formed
-    ``${VAR...}`` is left as it is.
-    """
-    env = os.environ if environ is None else environ
-    out: list[str] = []
-    pos = 0
-    while True:
-        start = text.find("${", pos)
-        if start == -1:
-            out.append(text[pos:])
-            return "".join(out)
-        parsed = _parse_reference(text, start + 2)
-        if parsed is None:
-            out.append(text[pos : start + 2])
-            pos = start + 2
-            continue
-        name, default, end = parsed
-        out.append(text[pos:start])
-        value = env.get(name)
-        if value is None:
-            value = expand_env_vars(default, env) if default else ""
-        out.append(value)
-        pos = end
-
-
-def _parse_reference(text: str, pos: int) -> tuple[str, str | None, int] | None:
-    """Parse ``NAME[:default]}`` at *pos*; return name, default and end, or None."""
-    name_end = pos
-    while (
-        name_end < len(text)
-        and text[name_end] not in "{}:"
-        and not text[name_end].isspace()
-    ):
-        name_end += 1
-    if name_end == pos or name_end == len(text):
-        return None
-    name = text[pos:name_end]
-    if text[name_end] == "}":
-        return name, None, name_end + 1
-    if text[name_end] != ":":
-        return None
-    depth = 0
-    for index in range(name_end + 1, len(text)):
-        char = text[index]
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            if depth == 0:
-                return name, text[name_end + 1 : index], index + 1
-            depth -= 1
-    return None
+    near = closest(key, _KEY_TO_ATTRIBUTE)
+    if near is None:
+        logger.debug("config key %r is the application's; kept in Config.extra", key)
+        return
+    hint = " (keys are case-sensitive)" if near.lower() == key.lower() else ""
+    logger.warning(
+        "unknown config key %r: did you mean %r?%s It is kept in Config.extra and "
+        "does not set %r",
+        key,
+        near,
+        hint,
+        near,
+    )

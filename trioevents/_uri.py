@@ -5,7 +5,9 @@ An ``AMQP_URI`` names the broker:
 * ``memory://`` or ``memory://NAME``: the embedded broker of that name;
 * ``amqp://user:password@host:port/vhost?option=value`` (``amqps://`` for TLS),
   as nameko and kombu write it; several such addresses separated by ``;`` are
-  kombu's failover form (``amqp://rabbit1//;amqp://rabbit2//``).
+  kombu's failover form (``amqp://rabbit1//;amqp://rabbit2//``). kombu's
+  transport names ``pyamqp://`` (nameko's default broker,
+  ``pyamqp://guest:guest@localhost``) and ``librabbitmq://`` mean ``amqp://``.
 
 Everything that reads or prints an ``AMQP_URI`` goes through this module:
 :func:`parse_broker_uri` to understand it, :func:`masked_uri` (or
@@ -32,7 +34,11 @@ __all__ = [
 ]
 
 MEMORY: Final = "memory"
-SCHEMES: Final = ("memory", "amqp", "amqps")
+#: Every scheme an ``AMQP_URI`` may have, as the error for another one lists them.
+SCHEMES: Final = ("memory", "amqp", "amqps", "pyamqp", "librabbitmq")
+#: The schemes of RabbitMQ: kombu's transport names (nameko's default broker is
+#: ``pyamqp://``) mean ``amqp://``; ``amqps://`` adds TLS.
+_AMQP_SCHEMES: Final = frozenset(SCHEMES) - {MEMORY}
 _DEFAULT_PORTS: Final = {False: 5672, True: 5671}
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -58,7 +64,9 @@ def _mask_one(uri: str) -> str:
     at = rest.rfind("@", 0, end)
     userinfo, hostport_and_tail = rest[:at], rest[at + 1 :]
     user, colon, _password = userinfo.partition(":")
-    if not colon or any(c in user for c in "/?#"):
+    # Without "://" the text is a mistyped URI ("guest:pw@host/",
+    # "amqp//guest:pw@host/"): hide everything from its first ":" to the "@".
+    if not colon or (sep and any(c in user for c in "/?#")):
         return uri
     return f"{scheme}{sep}{user}:****@{hostport_and_tail}"
 
@@ -72,7 +80,8 @@ def masked_uri(uri: str) -> str:
     that should have been percent-encoded but was not (``pa#ss``, ``pa/ss``,
     ``pa@ss``) is hidden all the same: the user info ends at the last ``@``
     before the host, wherever ``/``, ``?`` or ``#`` come. Works on text that
-    does not parse, too.
+    does not parse, too: a mistyped ``guest:pw@host/`` or ``amqp//guest:pw@host/``
+    shows as ``guest:****@host/`` and ``amqp//guest:****@host/``.
     """
     return ";".join(_mask_one(part) for part in uri.split(";"))
 
@@ -148,7 +157,8 @@ class BrokerUri:
         The text as given (never shown: see :attr:`masked`).
     scheme
         ``"memory"`` or ``"amqp"`` (``amqps://`` addresses are ``"amqp"``
-        with :attr:`AmqpAddress.tls`).
+        with :attr:`AmqpAddress.tls`; ``pyamqp://`` and ``librabbitmq://``
+        are ``"amqp"`` too, as in kombu).
     memory_name
         The embedded broker's name (``""`` for ``memory://``); ``None`` for
         RabbitMQ.
@@ -210,7 +220,7 @@ def parse_broker_uri(uri: object) -> BrokerUri:
     if not all(parts):
         raise ConfigurationError(f"AMQP_URI {masked_uri(uri)!r} has an empty address")
     for part in parts:
-        if _scheme_of(part) not in ("amqp", "amqps"):
+        if _scheme_of(part) not in _AMQP_SCHEMES:
             raise _unsupported(part)
     return BrokerUri(
         uri, "amqp", addresses=tuple(parse_amqp_address(part) for part in parts)
@@ -219,6 +229,8 @@ def parse_broker_uri(uri: object) -> BrokerUri:
 
 def parse_amqp_address(uri: str) -> AmqpAddress:
     """Parse one ``amqp://`` or ``amqps://`` URI; see :class:`AmqpAddress`.
+
+    kombu's ``pyamqp://`` and ``librabbitmq://`` are read as ``amqp://``.
 
     Raises
     ------
@@ -235,10 +247,9 @@ def parse_amqp_address(uri: str) -> AmqpAddress:
     except ValueError as exc:
         raise ConfigurationError(f"{shown!r} is not a valid URI: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("amqp", "amqps"):
-        raise ConfigurationError(
-            f"{shown!r} is not an AMQP URI (amqp://... or amqps://...)"
-        )
+    if scheme not in _AMQP_SCHEMES:
+        known = ", ".join(f"{name}://" for name in SCHEMES if name in _AMQP_SCHEMES)
+        raise ConfigurationError(f"{shown!r} is not an AMQP URI ({known})")
     path = parts.path
     virtual_host = urllib.parse.unquote(path[1:] if path.startswith("/") else path)
     options: dict[str, Any] = {}

@@ -6,11 +6,15 @@
     trioevents dispatch SERVICE EVENT_TYPE [JSON | -] [--config FILE] [--broker URI]
     trioevents show-config [--config FILE] [--broker URI]
 
-``run`` imports the services (a module means every service class defined in it),
-builds one :class:`~trioevents.ServiceHost` and serves until SIGTERM or Ctrl-C,
-which stop gracefully; a second one stops at once. ``dispatch`` publishes one
-event, or one per line of standard input. ``show-config`` prints the effective
-configuration with the password masked.
+The configuration is the defaults, then ``--config``, then ``TRIOEVENTS_<KEY>``
+environment variables, then ``--broker`` (each over the one before).
+
+``run`` imports the services (a module means every service class it defines or
+re-exports), builds one :class:`~trioevents.ServiceHost` and serves until SIGTERM
+or Ctrl-C, which stop gracefully; a second one stops at once
+(:func:`~trioevents.serve_until_signalled`). ``dispatch`` publishes one event, or
+one per line of standard input, to RabbitMQ. ``show-config`` prints the effective
+configuration, where each value came from, secrets masked.
 
 Exit status: 0 after a clean stop, 1 with a one-line error (bad config, a module
 that cannot be imported, a broker that cannot be reached, ...), 2 for bad usage,
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import inspect
 import json
@@ -28,18 +33,24 @@ import logging
 import logging.config
 import os
 import pathlib
-import signal
 import sys
 from typing import TYPE_CHECKING, Final
 
-import attrs
 import trio
 
-from ._config import Config, _import_yaml
+from ._config import Config, LoadedConfig
+from ._configfile import ENV_PREFIX, Layer, import_yaml
 from ._exceptions import TrioEventsError
 from ._extensions import entrypoints_of
 from ._groups import leaves
 from ._host import ServiceHost
+from ._signals import (
+    EXIT_OK,
+    EXIT_STOPPED_AT_ONCE,
+    held_signals,
+    serve_held_until_signalled,
+    serve_until_signalled,
+)
 from ._uri import masked_uri, parse_broker_uri
 from ._version import __version__
 
@@ -51,10 +62,8 @@ __all__ = ["CommandError", "import_services", "main", "serve_until_signalled"]
 
 logger = logging.getLogger("trioevents.cli")
 
-EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
-EXIT_STOPPED_AT_ONCE: Final = 130
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 LOG_DATE_FORMAT: Final = "%H:%M:%S"
@@ -80,13 +89,15 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         metavar="FILE",
         help="a YAML config file (nameko's format: AMQP_URI, max_workers, LOGGING, "
-        "...; ${VAR:default} is read from the environment)",
+        "...; ${VAR:default} is read from the environment); TRIOEVENTS_<KEY> "
+        "environment variables override it",
     )
     common.add_argument(
         "--broker",
         metavar="URI",
-        help="the broker, overriding AMQP_URI: memory:// (the embedded broker, "
-        "the default) or amqp://user:password@host:port/vhost",
+        help="the broker, overriding AMQP_URI and TRIOEVENTS_AMQP_URI: memory:// "
+        "(the embedded broker, the default; this process only) or "
+        "amqp://user:password@host:port/vhost",
     )
     common.add_argument(
         "--log-level",
@@ -109,15 +120,15 @@ def _parser() -> argparse.ArgumentParser:
         "services",
         nargs="+",
         metavar="MODULE[:Class]",
-        help="a module (every service class defined in it) or module:Class",
+        help="a module (every service class it defines or re-exports) or module:Class",
     )
 
     dispatch = commands.add_parser(
         "dispatch",
         parents=[common],
         help="publish an event",
-        description="Publish an event as SERVICE would dispatch it (to the "
-        "exchange SERVICE.events, routing key EVENT_TYPE), with publisher "
+        description="Publish an event to RabbitMQ as SERVICE would dispatch it (to "
+        "the exchange SERVICE.events, routing key EVENT_TYPE), with publisher "
         "confirms, and print what was sent.",
     )
     dispatch.add_argument("service", metavar="SERVICE", help="the source service")
@@ -134,9 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "show-config",
         parents=[common],
-        help="print the effective configuration, password masked",
-        description="Print the configuration as the other commands see it: "
-        "defaults, the config file and --broker, as YAML.",
+        help="print the effective configuration, secrets masked",
+        description="Print the configuration as the other commands see it, as "
+        "YAML, each key with where its value came from: --broker over "
+        "TRIOEVENTS_<KEY> environment variables over --config over the defaults.",
     )
     return parser
 
@@ -160,20 +172,18 @@ def _logging(level: str) -> Iterator[logging.Handler]:
         root.setLevel(old_level)
 
 
-def _load_config(args: argparse.Namespace, handler: logging.Handler) -> Config:
-    """Read ``--config`` and ``--broker``; apply the config's ``LOGGING``."""
-    config = Config()
-    if args.config is not None:
-        config = Config.from_yaml(pathlib.Path(args.config))
-    if args.broker is not None:
-        config = attrs.evolve(config, amqp_uri=args.broker)
+def _load_config(args: argparse.Namespace, handler: logging.Handler) -> LoadedConfig:
+    """Read ``--config``, the environment and ``--broker``; apply ``LOGGING``."""
+    flags = Layer("--broker", {} if args.broker is None else {"AMQP_URI": args.broker})
+    loaded = Config._load(args.config, flags=flags)
+    config = loaded.config
     if config.logging_config is not None:
         logging.getLogger().removeHandler(handler)
         try:
             logging.config.dictConfig(dict(config.logging_config))
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise CommandError(f"config key 'LOGGING': {exc}") from exc
-    return config
+    return loaded
 
 
 def _import_module(name: str) -> ModuleType:
@@ -198,35 +208,73 @@ def _has_entrypoints(cls: type) -> bool:
     )
 
 
-def _is_service(obj: object, module: ModuleType) -> bool:
+def _is_service_class(obj: object) -> bool:
     return (
         isinstance(obj, type)
-        and obj.__module__ == module.__name__
         and isinstance(getattr(obj, "name", None), str)
         and _has_entrypoints(obj)
     )
 
 
+def _services_of(module: ModuleType) -> list[type]:
+    """The service classes *module* defines or re-exports, in its order.
+
+    Defined in it or in its submodules (a package's ``__init__.py`` doing
+    ``from .orders import Orders``), or named in its ``__all__``. nameko takes
+    every class with entrypoints it finds in the module; a class imported from
+    another package for some other use (a base class, a type) is left out here
+    unless ``__all__`` names it.
+    """
+    exported = set(getattr(module, "__all__", ()))
+    package = module.__name__ + "."
+    found: list[type] = []
+    for name, obj in vars(module).items():
+        if not _is_service_class(obj) or obj in found:
+            continue
+        origin = obj.__module__
+        if origin == module.__name__ or origin.startswith(package) or name in exported:
+            found.append(obj)
+    return found
+
+
+def _file_name_hint(module_name: str) -> str | None:
+    """``checkout.py`` -> ``checkout``, ``./myapp/orders.py`` -> ``myapp.orders``."""
+    if not module_name.endswith(".py") and "/" not in module_name:
+        return None
+    path = pathlib.PurePath(module_name)
+    parts = [part for part in path.with_suffix("").parts if part not in (".", "/")]
+    return ".".join(parts) or None
+
+
 def import_services(specs: Sequence[str]) -> list[type]:
     """Import ``MODULE`` or ``MODULE:Class`` specs; return the service classes.
 
-    A module stands for every service class defined in it: a class with a
-    ``name`` and at least one entrypoint, in definition order. ``MODULE:Class``
-    picks one class (``Class`` may be dotted).
+    A module stands for every service class it defines or re-exports: a class
+    with a ``name`` and at least one entrypoint, defined in the module or in its
+    submodules (so a package's ``__init__.py`` may gather them), or named in its
+    ``__all__``; in the module's order. ``MODULE:Class`` picks one class
+    (``Class`` may be dotted).
 
     Raises
     ------
     CommandError
-        A module cannot be imported, has no such class or no service class.
+        A module cannot be imported (a file name such as ``checkout.py`` gets a
+        did-you-mean), has no such class or no service class.
     """
     services: list[type] = []
     for spec in specs:
         module_name, _, class_path = spec.partition(":")
         if not module_name:
             raise CommandError(f"{spec!r} names no module (use MODULE or MODULE:Class)")
+        hint = _file_name_hint(module_name)
+        if hint is not None:
+            raise CommandError(
+                f"{module_name!r} is a file name; run takes a module: did you mean "
+                f"{hint + (':' + class_path if class_path else '')!r}?"
+            )
         module = _import_module(module_name)
         if not class_path:
-            found = [obj for obj in vars(module).values() if _is_service(obj, module)]
+            found = _services_of(module)
             if not found:
                 raise CommandError(
                     f"module {module_name!r} defines no service class (a class "
@@ -262,68 +310,40 @@ def _write(text: str) -> None:
 # -------------------------------------------------------------------- run
 
 
-def _signal_name(signum: int) -> str:
-    if signum == signal.SIGINT:
-        return "Ctrl-C (SIGINT)"
-    return signal.Signals(signum).name
-
-
-async def serve_until_signalled(host: ServiceHost) -> int:
-    """Serve *host* until SIGTERM or SIGINT; return the exit status.
-
-    The first signal stops gracefully (:meth:`ServiceHost.stop`); a second one, or
-    a signal before the host is serving, stops at once.
-    """
-    stopped_at_once = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            serving = False
-
-            async def serve(*, task_status: trio.TaskStatus[None]) -> None:
-                await host.serve(task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            async def watch_signals() -> None:
-                nonlocal stopped_at_once
-                stopping = False
-                async for signum in signals:
-                    name = _signal_name(signum)
-                    if serving and not stopping:
-                        stopping = True
-                        logger.info(
-                            "%s: stopping gracefully (Ctrl-C again stops at once)",
-                            name,
-                        )
-                        nursery.start_soon(host.stop)
-                        continue
-                    logger.warning(
-                        "%s: stopping at once; unfinished handlers are cancelled "
-                        "and their messages return to the queue",
-                        name,
-                    )
-                    stopped_at_once = True
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(watch_signals)
-            await nursery.start(serve)
-            serving = True
-            logger.info("press Ctrl-C to stop")
-    return EXIT_STOPPED_AT_ONCE if stopped_at_once else EXIT_OK
-
-
-def _run(args: argparse.Namespace, config: Config) -> int:
-    services = import_services(args.services)
-    host = ServiceHost(services, config)
-    host.transport  # noqa: B018 - an unsupported AMQP_URI fails here, in one line
-    names = ", ".join(getattr(cls, "name", cls.__qualname__) for cls in services)
-    logger.info(
-        "trioevents %s: running %s on %s",
-        __version__,
-        names,
-        masked_uri(config.amqp_uri),
+def _embedded_broker_banner(loaded: LoadedConfig) -> str:
+    """The warning ``run`` starts with on ``memory://``: no other process sees it."""
+    banner = (
+        f"*** EMBEDDED BROKER *** {masked_uri(loaded.config.amqp_uri)} lives in this "
+        "process: no other process (trioevents dispatch included) sees these "
+        "events. For RabbitMQ, pass --broker amqp://user:password@host/ or set "
+        f"{ENV_PREFIX}AMQP_URI"
     )
-    return trio.run(serve_until_signalled, host)
+    if "AMQP_URI" in os.environ and loaded.sources["AMQP_URI"] == "default":
+        banner += (
+            f" (AMQP_URI is set in the environment, but trioevents reads "
+            f"{ENV_PREFIX}AMQP_URI, or AMQP_URI: ${{AMQP_URI}} in --config)"
+        )
+    return banner
+
+
+def _run(args: argparse.Namespace, handler: logging.Handler) -> int:
+    # The signal handler first: a SIGTERM while the services import stops cleanly.
+    with held_signals() as held:
+        loaded = _load_config(args, handler)
+        config = loaded.config
+        services = import_services(args.services)
+        host = ServiceHost(services, config)
+        host.transport  # noqa: B018 - an unsupported AMQP_URI fails here, in one line
+        names = ", ".join(getattr(cls, "name", cls.__qualname__) for cls in services)
+        logger.info(
+            "trioevents %s: running %s on %s",
+            __version__,
+            names,
+            masked_uri(config.amqp_uri),
+        )
+        if parse_broker_uri(config.amqp_uri).is_memory:
+            logger.warning("%s", _embedded_broker_banner(loaded))
+        return trio.run(functools.partial(serve_held_until_signalled, host, held=held))
 
 
 # --------------------------------------------------------------- dispatch
@@ -363,41 +383,55 @@ async def _dispatch_events(
     return EXIT_OK
 
 
-def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    if args.data != "-":
-        _parse_json(args.data, "the event data")  # fail before connecting
+def _dispatch(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    config = loaded.config
     host = ServiceHost([], config)
     host.transport  # noqa: B018 - an unsupported AMQP_URI fails here, in one line
     if parse_broker_uri(config.amqp_uri).is_memory:
-        logger.warning(
-            "%s is this process's embedded broker: no other process receives "
-            "the event (use --broker amqp://...)",
-            config.amqp_uri,
+        raise CommandError(
+            f"dispatch cannot reach the embedded broker {masked_uri(config.amqp_uri)}: "
+            "it lives inside one process, and no other process would get the event. "
+            "Point dispatch at RabbitMQ: --broker amqp://user:password@host/, "
+            f"{ENV_PREFIX}AMQP_URI, or AMQP_URI in --config"
         )
+    if args.data != "-":
+        _parse_json(args.data, "the event data")  # fail before connecting
     return trio.run(_dispatch_events, config, args.service, args.event_type, args.data)
 
 
 # ------------------------------------------------------------ show-config
 
 
-def _show_config(args: argparse.Namespace, config: Config) -> int:
-    yaml = _import_yaml()
-    text = yaml.safe_dump(
-        config.to_mapping(mask_password=True),
-        sort_keys=False,
-        default_flow_style=False,
-        allow_unicode=True,
-    )
-    source = args.config if args.config is not None else "defaults"
-    _write(f"# effective configuration ({source}; password masked)")
-    sys.stdout.write(text)
-    sys.stdout.flush()
+def _show_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    yaml = import_yaml()
+    defaults = "default" in loaded.sources.values()
+    if not loaded.layers:
+        header = "from the defaults"
+    else:
+        header = "from " + ", ".join(loaded.layers)
+        header += " (other keys: defaults)" if defaults else ""
+    _write(f"# effective configuration {header}; secrets masked")
+    for key, value in loaded.config.to_mapping(mask_secrets=True).items():
+        text = yaml.safe_dump(
+            {key: value},
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=1_000_000,
+        )
+        lines = text.splitlines()
+        source = f"# {loaded.sources[key]}"
+        if len(lines) == 1 or lines[0].endswith(":"):
+            lines[0] += f"  {source}"
+        else:  # a value over several lines: say it above
+            lines.insert(0, f"# {key}: {loaded.sources[key]}")
+        _write("\n".join(lines))
     return EXIT_OK
 
 
 # ------------------------------------------------------------------- main
 
-_COMMANDS = {"run": _run, "dispatch": _dispatch, "show-config": _show_config}
+_COMMANDS = {"dispatch": _dispatch, "show-config": _show_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,8 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or ("INFO" if args.command == "run" else "WARNING")
     with _logging(level) as handler:
         try:
-            config = _load_config(args, handler)
-            return _COMMANDS[args.command](args, config)
+            if args.command == "run":
+                return _run(args, handler)
+            return _COMMANDS[args.command](args, _load_config(args, handler))
         except KeyboardInterrupt:
             logger.warning("interrupted")
             return EXIT_STOPPED_AT_ONCE
