@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from trioevents import ServiceHost, WorkerContext
+from trioevents._extensions import WorkerHook
 from trioevents.testing import HostFactory, WaitResult, entrypoint_waiter
 
 from ..support import shop
@@ -122,13 +123,26 @@ async def test_waiter_ignores_other_entrypoints(host_factory: HostFactory) -> No
 
 
 async def test_waiter_lets_an_error_of_the_block_out_and_unhooks(
-    host_factory: HostFactory,
+    host_factory: HostFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     host = await host_factory([shop.Orders])
+    hooks: list[object] = []
+    add, remove = host.add_worker_hook, host.remove_worker_hook
+
+    def spy_add(hook: WorkerHook) -> None:
+        hooks.append(hook)
+        add(hook)
+
+    def spy_remove(hook: WorkerHook) -> None:
+        hooks.remove(hook)
+        remove(hook)
+
+    monkeypatch.setattr(host, "add_worker_hook", spy_add)
+    monkeypatch.setattr(host, "remove_worker_hook", spy_remove)
     with pytest.raises(ZeroDivisionError):
         async with entrypoint_waiter(host, "orders", "on_checkout"):
             _ = 1 / 0
-    assert host._worker_hooks == []
+    assert hooks == []
 
 
 async def test_waiter_works_for_a_host_started_inside_the_block(
