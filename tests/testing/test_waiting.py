@@ -5,16 +5,18 @@ It waits for workers of the little shop of ``tests/support/shop.py``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 from trioevents import ServiceHost, WorkerContext
-from trioevents._extensions import WorkerHook
 from trioevents.testing import HostFactory, WaitResult, entrypoint_waiter
 
 from ..support import shop
+
+if TYPE_CHECKING:
+    from trioevents._extensions import WorkerHook
 
 
 @pytest.fixture(autouse=True)
