@@ -54,6 +54,13 @@ from ._message import (
     QueueDeclared as QueueDeclared,
     Settlement as Settlement,
 )
+from ._observe import (
+    DispatchedEvent as DispatchedEvent,
+    HandledEvent as HandledEvent,
+    HostState as HostState,
+    Observer as Observer,
+    Outcome as Outcome,
+)
 from ._publisher import Publisher as Publisher
 from ._signals import serve_until_signalled as serve_until_signalled
 from ._version import __version__ as __version__
@@ -76,18 +83,23 @@ __all__ = [
     "Defect",
     "Delivery",
     "DependencyProvider",
+    "DispatchedEvent",
     "Entrypoint",
     "EventDispatcher",
     "EventHandler",
     "EventHandlerConfigurationError",
     "ExchangeType",
     "Extension",
+    "HandledEvent",
     "HandlerTimeout",
     "HandlerType",
+    "HostState",
     "InvalidRequest",
     "LocalProtocolError",
     "MemoryTransport",
     "NotFound",
+    "Observer",
+    "Outcome",
     "PayloadCodec",
     "PreconditionFailed",
     "Properties",

@@ -40,13 +40,14 @@ from typing import (
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     import trio
 
     from . import abc
     from ._codec import PayloadCodec
     from ._config import Config
+    from ._observe import Observer
     from ._publisher import Publisher
     from ._worker import WorkerContext
 
@@ -142,6 +143,9 @@ class ServiceContext:
     limiter
         Bounds the service's concurrent workers to ``max_workers``; entrypoints
         acquire it on behalf of each delivery before starting a worker.
+    observers
+        The host's :class:`~trioevents.Observer` objects: an entrypoint tells
+        them about each delivery it handles (see :func:`trioevents.observe`).
     """
 
     name: str
@@ -151,6 +155,7 @@ class ServiceContext:
     publisher: Publisher
     limiter: trio.CapacityLimiter
     _run_worker: RunWorker = attrs.field(alias="run_worker")
+    observers: Sequence[Observer] = ()
 
     @property
     def max_workers(self) -> int:

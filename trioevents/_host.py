@@ -32,6 +32,7 @@ from ._exceptions import ConfigurationError
 from ._extensions import ConnectionContext
 from ._groups import unwrap_lone_exception
 from ._memory import MemoryTransport
+from ._observe import HostState, notify_state
 from ._publisher import Publisher, check_publish_options
 from ._service import ServiceBinding, service_name_of
 from ._uri import masked_uri, parse_broker_uri
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from . import abc
     from ._extensions import DependencyProvider, WorkerHook
+    from ._observe import Observer
     from ._publisher import StandaloneDispatch
 
 __all__ = ["ServiceHost", "transport_for_uri"]
@@ -107,6 +109,9 @@ class ServiceHost:
     transport
         A transport to use instead of the one ``AMQP_URI`` names (tests, custom
         brokers).
+    observers
+        :class:`~trioevents.Observer` objects told about every dispatch, every
+        handled delivery and every change of :attr:`state` (metrics, tracing).
 
     Examples
     --------
@@ -125,6 +130,7 @@ class ServiceHost:
         config: Mapping[str, Any] | Config | None = None,
         *,
         transport: abc.Transport | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if isinstance(services, type):
             services = [services]
@@ -136,6 +142,9 @@ class ServiceHost:
         self._codec = PayloadCodec.from_config(self.config)
         self._serving: _Serving | None = None
         self._worker_hooks: list[WorkerHook] = []
+        self._observers: list[Observer] = list(observers)
+        self._state = HostState.STOPPED
+        self._state_changed = trio.Event()
         #: service name -> attribute -> provider (see replace_dependency).
         self._replacements: dict[str, dict[str, DependencyProvider[Any]]] = {}
 
@@ -154,6 +163,49 @@ class ServiceHost:
     def serving(self) -> bool:
         """Whether :meth:`serve` is running (from its call until it returns)."""
         return self._serving is not None
+
+    @property
+    def state(self) -> HostState:
+        """Where the host is: stopped, connecting, serving, reconnecting, stopping.
+
+        ``SERVING`` means every consumer is subscribed and the connection is up
+        (what a readiness probe asks); see :meth:`wait_state` to await a change.
+        """
+        return self._state
+
+    async def wait_state(self, *states: HostState) -> HostState:
+        """Wait until :attr:`state` is one of *states*; return it.
+
+        Returns at once if it already is. Call it in a loop (or with
+        :func:`trio.move_on_after`) to follow every change.
+        """
+        while self._state not in states:
+            await self._state_changed.wait()
+        await trio.lowlevel.checkpoint()
+        return self._state
+
+    def _set_state(self, state: HostState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+        logger.debug("state: %s", state.value)
+        notify_state(self._observers, state)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Tell *observer* about what the host does from now on (see :class:`Observer`)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop telling an observer added with :meth:`add_observer`.
+
+        Raises
+        ------
+        ValueError
+            The observer was not added.
+        """
+        self._observers.remove(observer)
 
     # -- hooks for tests and tools
 
@@ -214,6 +266,7 @@ class ServiceHost:
                     publisher=publisher,
                     worker_hooks=self._worker_hooks,
                     replacements=self._replacements.get(name),
+                    observers=self._observers,
                 )
             )
         return bindings
@@ -240,10 +293,11 @@ class ServiceHost:
         """
         if self._serving is not None:
             raise trio.BusyResourceError("this ServiceHost is already serving")
-        publisher = Publisher(self.config, self._codec)
+        publisher = Publisher(self.config, self._codec, self._observers)
         serving = _Serving(self._bind(publisher), publisher)
         transport = self.transport
         self._serving = serving
+        self._set_state(HostState.CONNECTING)
         try:
             with unwrap_lone_exception():
                 await self._serve(transport, serving, task_status)
@@ -251,6 +305,7 @@ class ServiceHost:
             publisher.close()
             self._serving = None
             serving.stopped.set()
+            self._set_state(HostState.STOPPED)
 
     async def _serve(
         self,
@@ -263,11 +318,14 @@ class ServiceHost:
             await ext.setup()
         for ext in extensions:
             await ext.start()
+
+        def connection_failed(cause: BaseException) -> None:
+            serving.publisher.connection_failed(cause)
+            if self._state is HostState.SERVING:
+                self._set_state(HostState.RECONNECTING)
+
         keeper = ConnectionKeeper(
-            transport,
-            self.config,
-            logger=logger,
-            on_failure=serving.publisher.connection_failed,
+            transport, self.config, logger=logger, on_failure=connection_failed
         )
         async with trio.open_nursery() as workers:
 
@@ -318,9 +376,11 @@ class ServiceHost:
                     "resumed" if resumed else "serving",
                     ", ".join(b.name for b in serving.bindings),
                 )
+                self._set_state(HostState.SERVING)
                 if not resumed:
                     task_status.started()
                 await serving.stop_requested.wait()
+                self._set_state(HostState.STOPPING)
                 grace = self.config.shutdown_grace
                 logger.info(
                     "stopping: consumers cancelled, finishing in-flight work "
@@ -346,6 +406,8 @@ class ServiceHost:
             await trio.lowlevel.checkpoint()
             return
         serving.stop_requested.set()
+        if self._state is not HostState.STOPPED:
+            self._set_state(HostState.STOPPING)
         await serving.stopped.wait()
 
     # -- dispatching from outside any service
@@ -375,7 +437,7 @@ class ServiceHost:
             On entering: no connection could be made in ``CONNECT_ATTEMPTS``
             tries.
         """
-        publisher = Publisher(self.config, self._codec)
+        publisher = Publisher(self.config, self._codec, self._observers)
         keeper = ConnectionKeeper(
             self.transport,
             self.config,

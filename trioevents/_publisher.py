@@ -36,11 +36,16 @@ from ._exceptions import (
     TransportError,
 )
 from ._message import ExchangeType, Properties
+from ._observe import DispatchedEvent, observe
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from . import abc
     from ._codec import PayloadCodec
     from ._config import Config
+    from ._observe import Observer
+    from ._worker import WorkerContext
 
 __all__ = [
     "PUBLISH_OPTIONS",
@@ -93,10 +98,11 @@ def build_properties(
     headers: Mapping[str, Any] | None,
     options: Mapping[str, Any],
 ) -> tuple[Properties, bool]:
-    """Build nameko's message properties; return them and the ``mandatory`` flag."""
-    extra = options.get("headers")
-    if extra:
-        headers = {**(headers or {}), **extra}
+    """Build nameko's message properties; return them and the ``mandatory`` flag.
+
+    *headers* are the message's whole headers (the ``headers`` option is not
+    merged here: :meth:`Publisher.dispatch` does that).
+    """
     properties = Properties(
         content_type=content_type,
         content_encoding=content_encoding,
@@ -144,11 +150,20 @@ class Publisher:
         ``PUBLISH_TIMEOUT`` bounds every wait for a confirm.
     codec
         Encodes payloads of :meth:`dispatch`.
+    observers
+        Told about every dispatch (a live sequence: observers added later are
+        told too).
     """
 
-    def __init__(self, config: Config, codec: PayloadCodec) -> None:
+    def __init__(
+        self,
+        config: Config,
+        codec: PayloadCodec,
+        observers: Sequence[Observer] = (),
+    ) -> None:
         self._timeout = config.publish_timeout
         self._codec = codec
+        self._observers = observers
         self._send, self._receive = trio.open_memory_channel[_Request](_QUEUED)
         self._pending: deque[_Request] = deque()
         self._closed = False
@@ -170,6 +185,9 @@ class Publisher:
         event_data: Any,
         options: Mapping[str, Any],
         headers: Mapping[str, Any] | None = None,
+        *,
+        service: str | None = None,
+        worker_ctx: WorkerContext | None = None,
     ) -> None:
         """Publish an event (nameko's format) and wait for its confirm.
 
@@ -185,6 +203,8 @@ class Publisher:
             Dispatch options, already checked (``check_publish_options``).
         headers
             The worker context's headers, or ``None`` for a standalone dispatch.
+        service, worker_ctx
+            Who dispatches (for observers); ``None`` for a standalone dispatch.
 
         Raises
         ------
@@ -197,13 +217,31 @@ class Publisher:
         trio.ClosedResourceError
             The publisher was closed (the host stopped serving).
         """
-        body, content_type, content_encoding = self._codec.encode(event_data)
-        properties, mandatory = build_properties(
-            content_type, content_encoding, headers, options
+        event = DispatchedEvent(
+            service,
+            exchange,
+            event_type,
+            {**(headers or {}), **options.get("headers", {})},
+            options.get("message_id"),
+            worker_ctx,
         )
-        await self.publish(
-            exchange, event_type, body, properties, mandatory=mandatory, declare=True
-        )
+        with observe(self._observers, "dispatching", event):
+            try:
+                body, content_type, content_encoding = self._codec.encode(event_data)
+                properties, mandatory = build_properties(
+                    content_type, content_encoding, event.headers, options
+                )
+                await self.publish(
+                    exchange,
+                    event_type,
+                    body,
+                    properties,
+                    mandatory=mandatory,
+                    declare=True,
+                )
+            except BaseException as exc:
+                event.error = exc
+                raise
 
     async def publish(
         self,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._codec import PayloadCodec
     from ._config import Config
     from ._extensions import Extension, WorkerHook
+    from ._observe import Observer
     from ._publisher import Publisher
 
 __all__ = ["ServiceBinding", "service_name_of"]
@@ -76,6 +77,8 @@ class ServiceBinding:
     replacements
         Dependency providers to use instead of the class's, by attribute name
         (:func:`trioevents.testing.replace_dependencies`).
+    observers
+        The host's observers (a live sequence).
 
     Raises
     ------
@@ -92,6 +95,7 @@ class ServiceBinding:
         publisher: Publisher,
         worker_hooks: Sequence[WorkerHook] = (),
         replacements: Mapping[str, DependencyProvider[Any]] | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.cls = cls
         self.name = service_name_of(cls)
@@ -104,6 +108,7 @@ class ServiceBinding:
             publisher=publisher,
             limiter=trio.CapacityLimiter(config.max_workers),
             run_worker=self.run_worker,
+            observers=observers,
         )
         self.dependencies: dict[str, DependencyProvider[Any]] = {}
         self.entrypoints: list[Entrypoint] = []

@@ -54,10 +54,18 @@ class EventDispatcher(DependencyProvider["Dispatch"]):
         exchange = event_exchange_name(self.service_name)
         defaults = self.publish_options
 
+        service = self.service_name
+
         async def dispatch(event_type: str, event_data: Any, **options: Any) -> None:
             merged = {**defaults, **check_publish_options(options)}
             await publisher.dispatch(
-                exchange, event_type, event_data, merged, worker_ctx.dispatch_headers()
+                exchange,
+                event_type,
+                event_data,
+                merged,
+                worker_ctx.dispatch_headers(),
+                service=service,
+                worker_ctx=worker_ctx,
             )
 
         return dispatch

@@ -25,8 +25,9 @@ from .._exceptions import (
     SerializationError,
 )
 from .._extensions import Entrypoint
+from .._observe import HandledEvent, observe
 from ._failure import decide
-from ._outcome import HandlerSite, carry_out
+from ._outcome import HandlerSite, carry_out, event_type_of
 from ._retry import Backoff, attempts_so_far, check_combination
 from ._topology import HandlerType, QueueSpec, declare_event_exchange, handler_queue
 
@@ -395,18 +396,38 @@ class EventHandler(Entrypoint):
             in_flight.done()
 
     async def _handle_delivery(self, site: HandlerSite, delivery: Delivery) -> None:
-        attempt = attempts_so_far(delivery.properties.headers, site.queue.name)
+        props = delivery.properties
+        attempt = attempts_so_far(props.headers, site.queue.name)
+        event = HandledEvent(
+            service=self.service_name,
+            handler=site.where,
+            source_service=self.source_service,
+            event_type=event_type_of(delivery),
+            queue=site.queue.name,
+            headers=dict(props.headers or {}),
+            message_id=props.message_id,
+            redelivered=delivery.redelivered,
+            attempt=attempt,
+        )
+        with observe(self.service.observers, "handling", event):
+            await self._handle_observed(site, delivery, event)
+
+    async def _handle_observed(
+        self, site: HandlerSite, delivery: Delivery, event: HandledEvent
+    ) -> None:
+        """Read the delivery, run the worker, settle; fill *event* in as it goes."""
+        attempt = event.attempt
         defect = delivery.defect
         if defect is not None:
-            unreadable = SerializationError(defect.reason)
+            event.error = SerializationError(defect.reason)
             decision = decide(
-                unreadable, undecodable=True, body_dropped=defect.body_dropped
+                event.error, undecodable=True, body_dropped=defect.body_dropped
             )
-            await carry_out(
+            event.outcome = await carry_out(
                 decision,
                 delivery,
                 site,
-                error=unreadable,
+                error=event.error,
                 attempt=attempt,
                 call_id=None,
             )
@@ -414,28 +435,34 @@ class EventHandler(Entrypoint):
         try:
             payload = self.service.codec.decode(delivery, self._annotation)
         except SerializationError as exc:
-            decision = decide(exc, undecodable=True)
-            await carry_out(
-                decision, delivery, site, error=exc, attempt=attempt, call_id=None
+            event.error = exc
+            event.outcome = await carry_out(
+                decide(exc, undecodable=True),
+                delivery,
+                site,
+                error=exc,
+                attempt=attempt,
+                call_id=None,
             )
             return
-        outcome = await self.service.run_worker(
+        worker = await self.service.run_worker(
             self, (payload,), delivery.properties.headers
         )
-        error = outcome.exception
+        event.worker_ctx = worker.worker_ctx
+        event.error = worker.exception
         decision = decide(
-            error,
+            worker.exception,
             attempt=attempt,
             retry=self.retry,
             requeue_on_error=self.requeue_on_error,
         )
-        await carry_out(
+        event.outcome = await carry_out(
             decision,
             delivery,
             site,
-            error=error,
+            error=worker.exception,
             attempt=attempt,
-            call_id=outcome.worker_ctx.call_id,
+            call_id=worker.worker_ctx.call_id,
         )
 
 

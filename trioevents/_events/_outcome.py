@@ -24,6 +24,7 @@ import trio
 
 from .._connecting import LOST
 from .._exceptions import BrokerUnavailable, InvalidRequest, TransportError
+from .._observe import Outcome
 from ._failure import Ack, DeadLetter, Reject, Requeue, Retry
 from ._retry import ORIGINAL_ROUTING_KEY_HEADER, copied_headers, dead_letter_headers
 from ._topology import dead_letter_queue, retry_queue
@@ -92,8 +93,10 @@ async def carry_out(
     error: BaseException | None,
     attempt: int,
     call_id: str | None,
-) -> None:
+) -> Outcome:
     """Log *decision* for *delivery* and carry it out (see the module docstring).
+
+    Returns what became of the delivery.
 
     Parameters
     ----------
@@ -116,6 +119,7 @@ async def carry_out(
     match decision:
         case Ack() if error is None:
             await settle(delivery)
+            return Outcome.ACK
         case Ack():
             logger.error(
                 "error handling event %r from %r in %s (message id %s, call id "
@@ -125,6 +129,7 @@ async def carry_out(
                 exc_info=exc_info,
             )
             await settle(delivery)
+            return Outcome.ACK
         case Requeue():
             logger.error(
                 "error handling event %r from %r in %s (message id %s, call id "
@@ -134,6 +139,7 @@ async def carry_out(
                 exc_info=exc_info,
             )
             await settle(delivery, requeue=True, reject=True)
+            return Outcome.REQUEUE
         case Retry(delay_ms):
             max_attempts = site.retry.max_attempts if site.retry is not None else "?"
             logger.warning(
@@ -147,8 +153,13 @@ async def carry_out(
                 exc_info=exc_info,
             )
             assert error is not None
-            await _copy_then_ack(
-                delivery, site, retry_queue(site.queue, delay_ms), error, attempt
+            return await _copy_then_ack(
+                delivery,
+                site,
+                retry_queue(site.queue, delay_ms),
+                error,
+                attempt,
+                Outcome.RETRY,
             )
         case Reject():
             logger.error(
@@ -159,6 +170,7 @@ async def carry_out(
                 error,
             )
             await settle(delivery, requeue=False, reject=True)
+            return Outcome.REJECTED
         case DeadLetter(undecodable=True):
             dlq = dead_letter_queue(site.queue)
             logger.error(
@@ -169,7 +181,9 @@ async def carry_out(
                 error,
             )
             assert error is not None
-            await _copy_then_ack(delivery, site, dlq, error, attempt)
+            return await _copy_then_ack(
+                delivery, site, dlq, error, attempt, Outcome.UNDECODABLE
+            )
         case DeadLetter():
             dlq = dead_letter_queue(site.queue)
             logger.error(
@@ -182,7 +196,9 @@ async def carry_out(
                 exc_info=exc_info,
             )
             assert error is not None
-            await _copy_then_ack(delivery, site, dlq, error, attempt)
+            return await _copy_then_ack(
+                delivery, site, dlq, error, attempt, Outcome.DEAD_LETTER
+            )
 
 
 async def _copy_then_ack(
@@ -191,8 +207,12 @@ async def _copy_then_ack(
     queue: QueueSpec,
     error: BaseException,
     attempt: int,
-) -> None:
+    copied: Outcome,
+) -> Outcome:
     """Put a copy of *delivery* in *queue*, then ack it (at-least-once).
+
+    Returns *copied* once the copy is in; :attr:`Outcome.REJECTED` or
+    :attr:`Outcome.REQUEUE` if it could not be made.
 
     The copy carries the original headers plus ours; if the broker cannot take
     that (headers too large for an AMQP frame), a copy with a brief error, then
@@ -225,7 +245,7 @@ async def _copy_then_ack(
                 exc,
             )
             await settle(delivery, requeue=False, reject=True)
-            return
+            return Outcome.REJECTED
         except (*LOST, BrokerUnavailable) as exc:
             logger.error(
                 "could not move event %r (message id %s) to %r: %s; requeued",
@@ -233,7 +253,7 @@ async def _copy_then_ack(
                 exc,
             )
             await settle(delivery, requeue=True, reject=True)
-            return
+            return Outcome.REQUEUE
         except TransportError as exc:
             delay = COPY_RETRY_DELAYS[min(refusals, len(COPY_RETRY_DELAYS) - 1)]
             refusals += 1
@@ -261,6 +281,7 @@ async def _copy_then_ack(
             "" if refusals == 1 else "s",
         )
     await settle(delivery)
+    return copied
 
 
 async def _copy(
