@@ -79,7 +79,7 @@ def _evaluate_python(example: Example) -> None:
     source = str(example.parsed)
     if LOCAL_RABBITMQ in source:
         request: pytest.FixtureRequest = example.namespace["request"]
-        vhost_uri: str = request.getfixturevalue("rabbit_vhost")
+        vhost_uri: str = request.getfixturevalue("trioevents_rabbit_vhost")
         source = source.replace(LOCAL_RABBITMQ, vhost_uri)
     padded = pad(source, example.line + example.parsed.line_offset)
     code = compile(padded, example.path, "exec", dont_inherit=True)
