@@ -47,6 +47,7 @@ from sybil.parsers.rest import CodeBlockParser, SkipParser
 import trioevents.testing.pytest_plugin as trioevents_plugin
 from trioevents._memory import drop_broker
 from trioevents.testing import RabbitAdmin as RabbitAdmin
+from trioevents.testing._environ import env_flag
 
 if TYPE_CHECKING:
     from sybil import Example
@@ -56,6 +57,27 @@ pytest_plugins = ["pytester"]
 
 #: The URI docs examples use for "the RabbitMQ on this machine".
 LOCAL_RABBITMQ = "amqp://guest:guest@localhost:5672/"
+
+
+# ------------------------------------------------------------ disruptive tests
+
+#: Markers of tests that disturb every client of the broker, not just their vhost.
+DISRUPTIVE_MARKERS = ("rabbitmq_restart",)
+#: Set to 1 (as .ci/run does) to run them; or pass --run-disruptive.
+DISRUPTIVE_OPT_IN = "TRIOEVENTS_DISRUPTIVE_TESTS"
+DISRUPTIVE_REASON = (
+    "disruptive: restarts the RabbitMQ app, disconnecting every client of the "
+    f"broker; run it with --run-disruptive or {DISRUPTIVE_OPT_IN}=1"
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("trioevents project").addoption(
+        "--run-disruptive",
+        action="store_true",
+        help="also run the tests that disrupt every client of the broker "
+        f"(marked rabbitmq_restart); or set {DISRUPTIVE_OPT_IN}=1",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,9 +125,20 @@ pytest_collect_file = Sybil(
 ).pytest()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the docs examples that run on RabbitMQ with ``rabbitmq``."""
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Mark the docs examples that run on RabbitMQ with ``rabbitmq``; skip the
+    disruptive tests unless asked for."""
+    run_disruptive = config.getoption("run_disruptive") or env_flag(DISRUPTIVE_OPT_IN)
     for item in items:
         example = getattr(item, "example", None)
         if example is not None and _needs_rabbitmq(example):
             item.add_marker(pytest.mark.rabbitmq)
+        if not run_disruptive and any(
+            item.get_closest_marker(name) for name in DISRUPTIVE_MARKERS
+        ):
+            # First, so that this reason wins over the test's own skipif marks.
+            item.add_marker(
+                pytest.mark.skipif(True, reason=DISRUPTIVE_REASON), append=False
+            )

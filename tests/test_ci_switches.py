@@ -1,0 +1,61 @@
+"""The switches of the project's own test run: what runs only when asked for.
+
+``conftest.py`` skips the disruptive tests (``rabbitmq_restart``: they restart
+the RabbitMQ app under every client of the broker) unless
+``TRIOEVENTS_DISRUPTIVE_TESTS=1`` or ``--run-disruptive``; ``.ci/run`` opts in.
+
+These tests only ever *plan* the broker-restart test: ``--setup-plan`` runs no
+test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESTART_TEST = (
+    "tests/amqp/test_faults.py::test_a_broker_restart_loses_no_confirmed_event"
+)
+
+
+def plan(*args: str, **environ: str) -> str:
+    """Plan (never run) the broker-restart test; return pytest's report."""
+    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_DISRUPTIVE_TESTS"}
+    env["PATH"] = str(pathlib.Path(sys.executable).parent)  # no rabbitmqctl
+    env.update(environ, PYTEST_ADDOPTS="-p no:cacheprovider")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--setup-plan", "-rs", RESTART_TEST, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_broker_restart_test_is_skipped_unless_asked_for() -> None:
+    report = plan()
+    assert "1 skipped" in report
+    assert "disruptive: restarts the RabbitMQ app" in report
+    assert "--run-disruptive or TRIOEVENTS_DISRUPTIVE_TESTS=1" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "environ"),
+    [(("--run-disruptive",), {}), ((), {"TRIOEVENTS_DISRUPTIVE_TESTS": "1"})],
+)
+def test_the_broker_restart_test_runs_when_asked_for(
+    args: tuple[str, ...], environ: dict[str, str]
+) -> None:
+    """Opted in, only its own condition is left: rabbitmqctl, kept off PATH here."""
+    report = plan(*args, **environ)
+    assert "disruptive" not in report
+    assert "needs rabbitmqctl" in report
