@@ -45,11 +45,14 @@ from sybil.evaluators.python import pad
 from sybil.parsers.rest import CodeBlockParser, SkipParser
 
 import trioevents.testing.pytest_plugin as trioevents_plugin
+from tests.nameko_python import find_nameko_python, is_nameko_source, run_nameko_file
 from trioevents._memory import drop_broker
 from trioevents.testing import RabbitAdmin as RabbitAdmin
 from trioevents.testing._environ import env_flag
 
 if TYPE_CHECKING:
+    import pathlib
+
     from sybil import Example
 
 # pytester runs the plugin's own tests (tests/test_pytest_plugin.py).
@@ -95,18 +98,63 @@ def _needs_rabbitmq(example: Example) -> bool:
     return isinstance(example.parsed, str) and LOCAL_RABBITMQ in example.parsed
 
 
+def _caption(example: Example) -> str:
+    options: dict[str, str] = example.region.lexemes.get("options", {})
+    return options.get("caption", "")
+
+
+def _is_nameko_test(example: Example) -> bool:
+    source = str(example.parsed)
+    return is_nameko_source(source) and _caption(example).startswith("test_")
+
+
 def _evaluate_python(example: Example) -> None:
-    """Run a Python example; one naming the local RabbitMQ on a fresh vhost."""
+    """Run a Python example; one naming the local RabbitMQ on a fresh vhost; one
+    of nameko's with nameko's Python."""
     __tracebackhide__ = True
     source = str(example.parsed)
+    request: pytest.FixtureRequest = example.namespace["request"]
     if LOCAL_RABBITMQ in source:
-        request: pytest.FixtureRequest = example.namespace["request"]
         vhost_uri: str = request.getfixturevalue("trioevents_rabbit_vhost")
         source = source.replace(LOCAL_RABBITMQ, vhost_uri)
+    if is_nameko_source(source):
+        _run_with_nameko(example, source, request)
+        return
     padded = pad(source, example.line + example.parsed.line_offset)
     code = compile(padded, example.path, "exec", dont_inherit=True)
     exec(code, example.namespace)
     del example.namespace["__builtins__"]  # exec adds it
+
+
+def _run_with_nameko(
+    example: Example, source: str, request: pytest.FixtureRequest
+) -> None:
+    """Save nameko's example as the file its caption names, in a folder of the
+    page's own, and run it with nameko's Python (``nameko test`` for tests)."""
+    python: pathlib.Path = request.getfixturevalue("nameko_python")
+    folder: pathlib.Path | None = example.namespace.get("nameko_folder")
+    if folder is None:
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        folder = example.namespace["nameko_folder"] = factory.mktemp("nameko")
+    path = folder / (_caption(example) or f"example_{example.line}.py")
+    path.write_text(source)
+    config = request.config
+    api_uri: str = config.getoption("trioevents_rabbit_api_uri")
+    run_nameko_file(
+        python,
+        path,
+        "--amqp-uri",
+        config.getoption("trioevents_amqp_uri"),
+        "--rabbit-api-uri",  # nameko's has no /api/ at the end
+        api_uri.rstrip("/").removesuffix("/api"),
+    )
+
+
+@pytest.fixture(scope="session")
+def nameko_python() -> pathlib.Path:
+    """nameko 2.14's own Python (``tests/nameko_python.py``): skips without one,
+    unless one is required."""
+    return find_nameko_python()
 
 
 def _fresh_memory_broker(namespace: dict[str, Any]) -> None:
@@ -133,7 +181,9 @@ def pytest_collection_modifyitems(
     run_disruptive = config.getoption("run_disruptive") or env_flag(DISRUPTIVE_OPT_IN)
     for item in items:
         example = getattr(item, "example", None)
-        if example is not None and _needs_rabbitmq(example):
+        if example is not None and (
+            _needs_rabbitmq(example) or _is_nameko_test(example)
+        ):
             item.add_marker(pytest.mark.rabbitmq)
         if not run_disruptive and any(
             item.get_closest_marker(name) for name in DISRUPTIVE_MARKERS

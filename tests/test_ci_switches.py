@@ -6,6 +6,10 @@ the RabbitMQ app under every client of the broker) unless
 
 These tests only ever *plan* the broker-restart test: ``--setup-plan`` runs no
 test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides.
+
+The tests that run nameko (``tests/nameko_python.py``) skip without nameko's
+Python, unless ``TRIOEVENTS_NAMEKO_PYTHON`` names one (``.ci/run`` does) or
+``TRIOEVENTS_REQUIRE_NAMEKO=1``: then they fail.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests import nameko_python
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESTART_TEST = (
@@ -59,3 +65,46 @@ def test_the_broker_restart_test_runs_when_asked_for(
     report = plan(*args, **environ)
     assert "disruptive" not in report
     assert "needs rabbitmqctl" in report
+
+
+# ------------------------------------------------------------------ nameko's Python
+
+
+@pytest.mark.parametrize(
+    ("environ", "outcome"),
+    [
+        ({}, pytest.skip.Exception),
+        ({"TRIOEVENTS_REQUIRE_NAMEKO": "1"}, pytest.fail.Exception),
+        ({"TRIOEVENTS_NAMEKO_PYTHON": "/nonexistent/python"}, pytest.fail.Exception),
+    ],
+)
+def test_without_nameko_s_python_the_nameko_tests_skip_unless_required(
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    outcome: type[BaseException],
+) -> None:
+    for name in ("TRIOEVENTS_NAMEKO_PYTHON", "TRIOEVENTS_REQUIRE_NAMEKO"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(nameko_python, "DEFAULT_PYTHON", "/nonexistent/python")
+    with pytest.raises(outcome, match=r"no nameko Python at /nonexistent/python"):
+        nameko_python.find_nameko_python()
+
+
+@pytest.mark.rabbitmq  # as the interop tests: without a broker they skip first
+def test_the_interop_tests_fail_when_nameko_s_python_is_named_but_missing() -> None:
+    env = {**os.environ, "TRIOEVENTS_NAMEKO_PYTHON": "/nonexistent/python"}
+    env["PYTEST_ADDOPTS"] = "-p no:cacheprovider"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/amqp/test_nameko_interop.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "2 errors" in done.stdout, done.stdout
+    assert "no nameko Python at /nonexistent/python" in done.stdout
+    assert "TRIOEVENTS_NAMEKO_PYTHON is set: the nameko tests must run" in done.stdout
