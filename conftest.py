@@ -1,15 +1,22 @@
-"""Project-wide pytest setup: the ``rabbitmq`` marker, a fresh vhost per test, and
-the docs' code examples as tests.
+"""Project-wide pytest setup: the ``rabbitmq`` marker, a fresh vhost per test,
+the disruptive tests' opt-in, and the docs' code examples as tests.
 
 The fixtures and the marker come from trioevents' own pytest plugin,
 ``trioevents.testing.pytest_plugin``, which installing trioevents registers
 (the ``pytest11`` entry point ``trioevents``), so it is loaded once, before this
-file: ``--amqp-uri`` / ``--rabbit-api-uri``, the ``rabbit_admin`` (session) and
-``rabbit_vhost`` fixtures, and the ``rabbitmq`` marker. Tests marked ``rabbitmq``
-need the live broker. Locally they are skipped when it cannot be reached; under
-``CI=true`` they fail instead, so CI never passes by skipping them. Each such test
-gets its own vhost, made and removed through the management HTTP API
-(``rabbitmqctl`` costs seconds of CPU per call).
+file: ``--trioevents-amqp-uri`` / ``--trioevents-rabbit-api-uri`` (also
+``--amqp-uri`` / ``--rabbit-api-uri``), the ``trioevents_rabbit_admin`` (session)
+and ``trioevents_rabbit_vhost`` fixtures (also ``rabbit_admin`` /
+``rabbit_vhost``), and the ``rabbitmq`` marker. Tests marked ``rabbitmq`` need
+the live broker. They are skipped when it cannot be reached; with
+``TRIOEVENTS_REQUIRE_RABBITMQ=1`` (``.ci/run`` sets it) they fail instead, so CI
+never passes by skipping them. Each such test gets its own vhost, made and
+removed through the management HTTP API (``rabbitmqctl`` costs seconds of CPU
+per call).
+
+Tests that disturb every client of the broker, not just their own vhost (marked
+``rabbitmq_restart``: they stop and start the RabbitMQ app), are skipped unless
+``--run-disruptive`` or ``TRIOEVENTS_DISRUPTIVE_TESTS=1`` (``.ci/run`` sets it).
 
 Docs examples
 -------------
@@ -19,20 +26,31 @@ one test each, in page order, sharing one namespace per page. Examples are
 synchronous code: those that need trio end with ``trio.run(main)``, so
 pytest-trio's ``trio_mode`` leaves them alone. Each page starts and ends with an
 empty default embedded broker (``memory://``), so pages cannot see each other's
-queues. ``.. skip: next "reason"`` skips an example that cannot run here (the
-nameko half of a side-by-side comparison), and says so in the report.
+queues. ``.. skip: next "reason"`` skips an example that cannot run here, and
+says so in the report. The tutorial is not run here but by
+``tests/test_tutorial.py``, which writes out its files and runs its commands as
+its reader would.
 
 An example that names the local RabbitMQ, ``amqp://guest:guest@localhost:5672/``,
-runs on a fresh vhost of ``--amqp-uri`` instead: the URI is swapped for the
-``rabbit_vhost`` fixture's before the example runs, and the example carries the
-``rabbitmq`` marker (so ``-m "not rabbitmq"`` leaves it out, and it is skipped
-without a broker, or failed under ``CI=true``, like any ``rabbitmq`` test). Such
-an example must be self-contained: its vhost is deleted when it ends. (Each
-example sees the pytest ``request`` in its namespace for this.)
+runs on a fresh vhost of ``--trioevents-amqp-uri`` instead: the URI is swapped
+for the ``trioevents_rabbit_vhost`` fixture's before the example runs, and the
+example carries the ``rabbitmq`` marker (so ``-m "not rabbitmq"`` leaves it out,
+and it is skipped without a broker, or failed when one is required, like any
+``rabbitmq`` test). Such an example must be self-contained: its vhost is deleted
+when it ends. (Each example sees the pytest ``request`` in its namespace for
+this.)
+
+An example of nameko's code (it imports nameko: the nameko half of a
+side-by-side comparison) runs with nameko's own Python, the ``nameko_python``
+fixture (``tests/nameko_python.py``): saved in a folder of the page's own as the
+file its caption names (``:caption: orders.py``), so that later examples can
+import it, and run as a script, or under ``nameko test`` if it is a
+``test_*.py``. Without nameko's Python these examples are skipped, unless it is
+required (``TRIOEVENTS_NAMEKO_PYTHON`` set, as in CI).
 
 The examples of a page build on each other, so run a page as a whole
-(``python -m pytest docs/tutorial.rst``): selecting single examples (``-k``,
-``-m rabbitmq``) leaves out the ones that define what they use.
+(``python -m pytest docs/migrating-from-nameko.rst``): selecting single examples
+(``-k``, ``-m rabbitmq``) leaves out the ones that define what they use.
 """
 
 from __future__ import annotations
@@ -167,6 +185,8 @@ pytest_collect_file = Sybil(
         SkipParser(),
     ],
     patterns=["README.rst", "docs/*.rst"],
+    # The tutorial's files are run as its reader would: tests/test_tutorial.py.
+    excludes=["docs/tutorial.rst"],
     fixtures=["request"],
     setup=_fresh_memory_broker,
     teardown=_fresh_memory_broker,
