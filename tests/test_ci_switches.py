@@ -29,13 +29,10 @@ RESTART_TEST = (
 )
 
 
-def plan(*args: str, **environ: str) -> str:
-    """Plan (never run) the broker-restart test; return pytest's report."""
-    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_DISRUPTIVE_TESTS"}
-    env["PATH"] = str(pathlib.Path(sys.executable).parent)  # no rabbitmqctl
-    env.update(environ, PYTEST_ADDOPTS="-p no:cacheprovider")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--setup-plan", "-rs", RESTART_TEST, *args],
+def run_pytest(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the project's tests named by *args* in a pytest of their own."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -43,6 +40,14 @@ def plan(*args: str, **environ: str) -> str:
         timeout=120,
         check=False,
     )
+
+
+def plan(*args: str, **environ: str) -> str:
+    """Plan (never run) the broker-restart test; return pytest's report."""
+    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_DISRUPTIVE_TESTS"}
+    env["PATH"] = str(pathlib.Path(sys.executable).parent)  # no rabbitmqctl
+    env.update(environ)
+    done = run_pytest("--setup-plan", "-rs", RESTART_TEST, *args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -95,16 +100,7 @@ def test_without_nameko_s_python_the_nameko_tests_skip_unless_required(
 @pytest.mark.rabbitmq  # as the interop tests: without a broker they skip first
 def test_the_interop_tests_fail_when_nameko_s_python_is_named_but_missing() -> None:
     env = {**os.environ, "TRIOEVENTS_NAMEKO_PYTHON": "/nonexistent/python"}
-    env["PYTEST_ADDOPTS"] = "-p no:cacheprovider"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/amqp/test_nameko_interop.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_pytest("tests/amqp/test_nameko_interop.py", env=env)
     assert "2 errors" in done.stdout, done.stdout
     assert "no nameko Python at /nonexistent/python" in done.stdout
     assert "TRIOEVENTS_NAMEKO_PYTHON is set: the nameko tests must run" in done.stdout
