@@ -1000,7 +1000,7 @@ async def test_example_orders_turns_a_checkout_into_an_order() -> None:
 
     orders = worker_factory(Orders)
     await orders.on_checkout({"id": 1, "customer": "c", "prices": ["9.99", "5.01"]})
-    orders.dispatch.assert_awaited_once_with(
+    orders.dispatch.assert_awaited_once_with(  # type: ignore[attr-defined] # a mock
         "order_placed",
         OrderPlaced(id=1, customer="c", total=decimal.Decimal("15.00")),
     )

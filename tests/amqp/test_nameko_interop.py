@@ -1,13 +1,12 @@
-"""nameko 2.14 and trioevents exchange events both ways on RabbitMQ.
+"""nameko 2.14 and trioevents exchange events both ways on RabbitMQ, and share
+a pytest session.
 
 nameko needs eventlet, which never goes into the project's environment: the
-nameko side (``nameko_side.py``) runs in a subprocess with a Python of its own,
-``$TRIOEVENTS_NAMEKO_PYTHON`` or ``/tmp/nameko-venv/bin/python``; made with::
-
-    python3 -m venv /tmp/nameko-venv && /tmp/nameko-venv/bin/pip install nameko==2.14.1
-
-Without it the test is skipped, under ``CI=true`` too: nameko is an optional
-cross-check, not a dependency.
+nameko side (``nameko_side.py``) runs in a subprocess with nameko's own Python,
+the ``nameko_python`` fixture (``tests/nameko_python.py`` says how to make one;
+``.ci/run`` builds it). Without one the tests are skipped; with
+``TRIOEVENTS_NAMEKO_PYTHON`` set (as in CI) or ``TRIOEVENTS_REQUIRE_NAMEKO=1``
+they must run, and fail instead.
 
 The chain: the test dispatches ``test_driver.place`` (with a ``nameko.language``
 header); trioevents' ``trio_orders.place`` dispatches ``order_placed``; nameko's
@@ -20,7 +19,6 @@ declares the other's queue, which fails if names or flags differ.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import urllib.parse
@@ -36,20 +34,9 @@ from trioevents.testing import RabbitAdmin, entrypoint_waiter
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-NAMEKO_PYTHON = pathlib.Path(
-    os.environ.get("TRIOEVENTS_NAMEKO_PYTHON", "/tmp/nameko-venv/bin/python")
-)
 SIDE = pathlib.Path(__file__).with_name("nameko_side.py")
 
-pytestmark = [
-    pytest.mark.rabbitmq,
-    pytest.mark.skipif(
-        not NAMEKO_PYTHON.exists(),
-        reason=f"nameko is not installed: no {NAMEKO_PYTHON} (set "
-        "TRIOEVENTS_NAMEKO_PYTHON to a Python with nameko==2.14.1; skipped under CI "
-        "too, nameko is optional)",
-    ),
-]
+pytestmark = pytest.mark.rabbitmq
 
 
 class TrioOrders:
@@ -96,10 +83,12 @@ SPY = "spy"
 
 
 @asynccontextmanager
-async def nameko_side(uri: str, *args: str) -> AsyncIterator[None]:
+async def nameko_side(
+    python: pathlib.Path, uri: str, *args: str
+) -> AsyncIterator[None]:
     """Run ``nameko_side.py`` until it says ``ready``; terminate it after."""
     process = await trio.lowlevel.open_process(
-        [str(NAMEKO_PYTHON), str(SIDE), uri, *args], stdout=subprocess.PIPE
+        [str(python), str(SIDE), uri, *args], stdout=subprocess.PIPE
     )
     try:
         assert process.stdout is not None
@@ -136,13 +125,13 @@ async def queue_flags(admin: RabbitAdmin, vhost: str) -> dict[str, tuple[Any, ..
 
 
 async def test_nameko_and_trioevents_exchange_events_both_ways(
-    rabbit_vhost: str, rabbit_admin: RabbitAdmin
+    nameko_python: pathlib.Path, rabbit_vhost: str, rabbit_admin: RabbitAdmin
 ) -> None:
     vhost = urllib.parse.quote(
         urllib.parse.unquote(urllib.parse.urlsplit(rabbit_vhost).path[1:]), safe=""
     )
     host = ServiceHost([TrioOrders, TrioAudit], {"AMQP_URI": rabbit_vhost})
-    async with nameko_side(rabbit_vhost), trio.open_nursery() as nursery:
+    async with nameko_side(nameko_python, rabbit_vhost), trio.open_nursery() as nursery:
         await nursery.start(host.serve)
         # Both sides are up, so both exchanges exist: spy on them.
         await api(rabbit_admin, "PUT", f"queues/{vhost}/{SPY}", {"durable": False})
@@ -230,7 +219,63 @@ async def test_nameko_and_trioevents_exchange_events_both_ways(
         async with trio.open_nursery() as twin_nursery:
             await twin_nursery.start(twin.serve)
             await twin.stop()
-        async with nameko_side(rabbit_vhost, "twin"):
+        async with nameko_side(nameko_python, rabbit_vhost, "twin"):
             pass
         assert await queue_flags(rabbit_admin, vhost) == flags
         await host.stop()
+
+
+# ------------------------------------------------- one pytest session, two plugins
+
+BOTH_PLUGINS_TESTS = """
+import trio
+
+from trioevents import event_handler
+from trioevents.testing import entrypoint_waiter
+
+
+class Billing:
+    name = "billing"
+
+    @event_handler("orders", "order_placed")
+    async def charge(self, event: dict) -> dict:
+        return event
+
+
+def test_nameko_keeps_its_rabbit_config(rabbit_config):
+    assert rabbit_config["vhost"].startswith("nameko_test_")
+
+
+async def test_trioevents_keeps_its_own(
+    host_factory, trioevents_rabbit_config, rabbit_vhost
+):
+    assert trioevents_rabbit_config == {"AMQP_URI": rabbit_vhost}
+    host = await host_factory([Billing], trioevents_rabbit_config)
+    async with entrypoint_waiter(host, "billing", "charge") as waited:
+        async with host.dispatcher() as dispatch:
+            await dispatch("orders", "order_placed", {"id": 1})
+    assert waited.get() == {"id": 1}
+"""
+
+
+def test_nameko_and_trioevents_pytest_plugins_share_a_session(
+    nameko_python: pathlib.Path,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """In nameko's venv, where trioevents is installed too: both plugins load,
+    each keeps its options and fixtures (no ``--amqp-uri`` conflict)."""
+    amqp_uri: str = request.config.getoption("trioevents_amqp_uri")
+    api_uri: str = request.config.getoption("trioevents_rabbit_api_uri")
+    (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
+    (tmp_path / "test_both.py").write_text(BOTH_PLUGINS_TESTS)
+    command = [str(nameko_python), "-m", "pytest", "-p", "no:cacheprovider"]
+    command += ["--trioevents-amqp-uri", amqp_uri]
+    command += ["--trioevents-rabbit-api-uri", api_uri]
+    command += ["--amqp-uri", amqp_uri]  # nameko's option
+    command += ["--rabbit-api-uri", api_uri.rstrip("/").removesuffix("/api")]
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

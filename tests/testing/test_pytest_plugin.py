@@ -112,7 +112,7 @@ def test_a_fresh_project_uses_only_the_installed_fixtures(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No conftest: the fixtures come from the pytest11 entry point alone."""
-    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("TRIOEVENTS_REQUIRE_RABBITMQ", raising=False)
     _shop_project(pytester)
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-m", "not rabbitmq"
@@ -195,7 +195,7 @@ def test_sync_fixtures_work_without_pytest_trio(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A project that does not use trio still gets the plugin, unbroken."""
-    monkeypatch.delenv("CI", raising=False)  # locally, no broker means a skip
+    monkeypatch.delenv("TRIOEVENTS_REQUIRE_RABBITMQ", raising=False)  # a skip
     pytester.makeini("[pytest]\naddopts = --strict-markers\nfilterwarnings = error\n")
     pytester.makepyfile(
         """
@@ -221,39 +221,209 @@ def test_sync_fixtures_work_without_pytest_trio(
     result.assert_outcomes(passed=1, skipped=1)
 
 
-def test_options_are_registered_once(pytester: pytest.Pytester) -> None:
+def test_options_have_their_own_names_and_the_short_ones(
+    pytester: pytest.Pytester,
+) -> None:
     result = pytester.runpytest("--help")
     assert result.ret == 0
-    assert result.stdout.str().count("--amqp-uri=") == 1
-    result.stdout.fnmatch_lines(["trioevents:", "*--rabbit-api-uri=*"])
+    result.stdout.fnmatch_lines(
+        [
+            "trioevents:",
+            "*--trioevents-amqp-uri=*",
+            "*--trioevents-rabbit-api-uri=*",
+            "*--amqp-uri=TRIOEVENTS_AMQP_URI",
+            "*same as --trioevents-amqp-uri*",
+            "*--rabbit-api-uri=TRIOEVENTS_RABBIT_API_URI",
+            "*same as --trioevents-rabbit-api-uri*",
+        ]
+    )
 
 
-@pytest.mark.parametrize(("ci", "outcome"), [("", "skipped"), ("true", "failed")])
-def test_rabbitmq_tests_without_a_broker_skip_locally_and_fail_under_ci(
+#: An AMQP URI whose password must never be printed, on a port nothing listens on.
+SECRET_URI = "amqp://svc:S3cretPW@127.0.0.1:1/"
+
+RABBITMQ_TESTS = """
+import pytest
+
+@pytest.mark.rabbitmq
+def test_marked():
+    pass
+
+def test_vhost(rabbit_vhost):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("environ", "outcome"),
+    [
+        ({}, "skipped"),
+        ({"CI": "true"}, "skipped"),  # every user's CI sets it: not ours to act on
+        ({"TRIOEVENTS_REQUIRE_RABBITMQ": "1"}, "errors"),
+    ],
+)
+def test_rabbitmq_tests_without_a_broker_skip_unless_required(
     pytester: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,
-    ci: str,
+    environ: dict[str, str],
     outcome: str,
 ) -> None:
-    monkeypatch.setenv("CI", ci)
+    """Only ``TRIOEVENTS_REQUIRE_RABBITMQ=1`` turns the skips into failures."""
+    for name in ("CI", "TRIOEVENTS_REQUIRE_RABBITMQ"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    pytester.makepyfile(RABBITMQ_TESTS)
+    result = pytester.runpytest("-ra", "--amqp-uri", SECRET_URI)
+    result.assert_outcomes(**{outcome: 2})
+    result.stdout.fnmatch_lines(["*RabbitMQ is not reachable at amqp://svc:****@*:1/*"])
+    assert "S3cretPW" not in result.stdout.str() + result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("option", "uri"),
+    [
+        ("--trioevents-amqp-uri", "amqp://svc:S3cretPW@127.0.0.1:1/?heartbeet=5"),
+        ("--trioevents-rabbit-api-uri", "ftp://svc:S3cretPW@127.0.0.1:15672/api/"),
+        ("--trioevents-rabbit-api-uri", "http://svc:S3cretPW@127.0.0.1:x/api/"),
+    ],
+)
+def test_a_uri_that_does_not_parse_is_a_usage_error_with_its_password_masked(
+    pytester: pytest.Pytester, option: str, uri: str
+) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest(option, uri)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: trioevents: *svc:****@127.0.0.1*"])
+    assert "S3cretPW" not in result.stdout.str() + result.stderr.str()
+
+
+def test_host_factory_without_pytest_trio_says_what_it_needs(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         """
-        import pytest
-
-        @pytest.mark.rabbitmq
-        def test_marked():
-            pass
-
-        def test_vhost(rabbit_vhost):
+        def test_uses_it(host_factory):
             pass
         """
     )
-    result = pytester.runpytest("-ra", "--amqp-uri", "amqp://guest:guest@127.0.0.1:1/")
-    if outcome == "skipped":
-        result.assert_outcomes(skipped=2)
+    result = pytester.runpytest("-p", "no:trio")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*the host_factory fixture is async: it needs pytest-trio*"]
+    )
+
+
+def test_host_factory_in_a_test_pytest_trio_does_not_run_says_so(
+    pytester: pytest.Pytester,
+) -> None:
+    """Without trio mode, a test that is not marked ``trio`` cannot use it."""
+    pytester.makepyfile(
+        """
+        def test_uses_it(host_factory):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*use it from an async test that pytest-trio runs (trio_mode = true*"]
+    )
+
+
+# ------------------------------------------------------- beside nameko's plugin
+
+#: What nameko 2.14's pytest plugin (nameko/testing/pytest.py) adds that ours
+#: had too: the options --amqp-uri and --rabbit-api-uri, the fixture rabbit_config.
+NAMEKO_LIKE_PLUGIN = """
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--amqp-uri", "--rabbit-amqp-uri", action="store", dest="RABBIT_AMQP_URI",
+        default="pyamqp://guest:guest@localhost:5672/",
+    )
+    parser.addoption(
+        "--rabbit-api-uri", "--rabbit-ctl-uri", action="store", dest="RABBIT_API_URI",
+        default="http://guest:guest@localhost:15672",
+    )
+
+
+@pytest.fixture
+def rabbit_config(request):
+    return {"AMQP_URI": request.config.getoption("RABBIT_AMQP_URI"), "by": "nameko"}
+"""
+
+BESIDE_NAMEKO_TESTS = """
+import pytest
+
+from trioevents.testing import RabbitAdmin
+
+
+def test_nameko_keeps_its_options_and_fixture(request, rabbit_config):
+    assert rabbit_config == {"AMQP_URI": "pyamqp://nameko-host/", "by": "nameko"}
+    assert request.config.getoption("RABBIT_API_URI") == "http://nameko-host:15672"
+
+
+def test_ours_have_their_own_names(request):
+    assert request.config.getoption("trioevents_amqp_uri") == "amqp://guest:guest@127.0.0.1:1/"
+
+
+def test_our_rabbit_fixtures_keep_their_names(trioevents_rabbit_config, rabbit_vhost):
+    pass  # skipped: the trioevents broker above cannot be reached
+"""
+
+
+@pytest.mark.parametrize(
+    "load", ["-p before ours", "PYTEST_PLUGINS after ours", "conftest pytest_plugins"]
+)
+def test_nameko_like_plugin_and_ours_share_a_session(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, load: str
+) -> None:
+    """Both add --amqp-uri and rabbit_config: the short names go to the other one.
+
+    Whichever plugin registers first: ``-p`` plugins load before the installed
+    ones, ``PYTEST_PLUGINS`` after them, a conftest's ``pytest_plugins`` later.
+    """
+    monkeypatch.delenv("TRIOEVENTS_REQUIRE_RABBITMQ", raising=False)
+    pytester.makepyfile(nameko_like=NAMEKO_LIKE_PLUGIN, test_beside=BESIDE_NAMEKO_TESTS)
+    pytester.syspathinsert()
+    args = [
+        "-ra",
+        "--amqp-uri=pyamqp://nameko-host/",
+        "--rabbit-api-uri=http://nameko-host:15672",
+        "--trioevents-amqp-uri=amqp://guest:guest@127.0.0.1:1/",
+    ]
+    if load.startswith("-p"):
+        args += ["-p", "nameko_like"]
+    elif load.startswith("PYTEST_PLUGINS"):
+        monkeypatch.setenv("PYTEST_PLUGINS", "nameko_like")
     else:
-        result.assert_outcomes(errors=2)
-    result.stdout.fnmatch_lines(["*RabbitMQ is not reachable at amqp://*:1/*"])
+        pytester.makeconftest("pytest_plugins = ['nameko_like']")
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*RabbitMQ is not reachable at amqp://guest:****@*:1/*"]
+    )
+
+
+def test_the_short_names_are_ours_when_the_plugin_comes_from_a_conftest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plugin autoloading off, our plugin named in a conftest: --amqp-uri works."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("TRIOEVENTS_REQUIRE_RABBITMQ", raising=False)
+    pytester.makeconftest("pytest_plugins = ['trioevents.testing.pytest_plugin']")
+    pytester.makepyfile(
+        """
+        def test_short_option(request, rabbit_config):
+            pass  # skipped: no broker there
+        """
+    )
+    result = pytester.runpytest("-ra", "--amqp-uri", "amqp://guest:guest@127.0.0.1:1/")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*not reachable at amqp://guest:****@127.0.0.1:1/*"])
 
 
 @pytest.mark.rabbitmq
@@ -282,10 +452,10 @@ def test_rabbit_config_gives_each_test_its_own_vhost(
         """
     )
     result = pytester.runpytest(
-        "--amqp-uri",
-        request.config.getoption("--amqp-uri"),
-        "--rabbit-api-uri",
-        request.config.getoption("--rabbit-api-uri"),
+        "--trioevents-amqp-uri",
+        request.config.getoption("trioevents_amqp_uri"),
+        "--trioevents-rabbit-api-uri",
+        request.config.getoption("trioevents_rabbit_api_uri"),
     )
     result.assert_outcomes(passed=2)
 

@@ -6,7 +6,7 @@ They run the little shop of ``tests/support/shop.py``.
 from __future__ import annotations
 
 import decimal
-from typing import Any
+from typing import Any, assert_type, cast
 from unittest import mock
 
 import pytest
@@ -33,10 +33,22 @@ def fresh_shop() -> None:
 # ---------------------------------------------------------------- worker_factory
 
 
+def recording(dependency: object) -> mock.AsyncMock:
+    """The mock worker_factory injected, as mypy should see it in these tests."""
+    return cast("mock.AsyncMock", dependency)
+
+
+def test_worker_factory_is_typed_as_the_service() -> None:
+    """Checked by mypy, which CI runs on the tests: a Billing, not Any."""
+    billing = worker_factory(shop.Billing)
+    assert_type(billing, shop.Billing)
+    assert isinstance(billing, shop.Billing)
+
+
 async def test_worker_factory_injects_an_awaitable_recording_dispatch() -> None:
     service = worker_factory(shop.Orders)
     assert await service.on_checkout({"id": 3, "total": "9.99"}) == 30
-    service.dispatch.assert_awaited_once_with(
+    recording(service.dispatch).assert_awaited_once_with(
         "order_placed", shop.OrderPlaced(3, decimal.Decimal("9.99"))
     )
 
@@ -49,7 +61,7 @@ async def test_worker_factory_dispatch_keeps_the_real_signature() -> None:
 
 async def test_worker_factory_dispatch_side_effects_apply() -> None:
     service = worker_factory(shop.Orders)
-    service.dispatch.side_effect = RuntimeError("broker down")
+    recording(service.dispatch).side_effect = RuntimeError("broker down")
     with pytest.raises(RuntimeError, match="broker down"):
         await service.on_checkout({"id": 1, "total": "1"})
 
@@ -70,7 +82,7 @@ def test_worker_factory_refuses_unknown_dependencies() -> None:
 async def test_worker_factory_needs_no_service_name() -> None:
     service = worker_factory(shop.Nameless)
     await service.go()
-    service.dispatch.assert_awaited_once_with("went", {"x": 1})
+    recording(service.dispatch).assert_awaited_once_with("went", {"x": 1})
 
 
 # ---------------------------------------------------------- replace_dependencies

@@ -9,9 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 
 from trioevents import ServiceHost, WorkerContext
-from trioevents.testing import HostFactory, WaitResult, entrypoint_waiter
+from trioevents.testing import (
+    EntrypointWaiterTimeout,
+    HostFactory,
+    WaitResult,
+    entrypoint_waiter,
+)
 
 from ..support import shop
 
@@ -166,6 +172,75 @@ async def test_waiter_refuses_unknown_services_and_methods() -> None:
             pass
     with pytest.raises(ValueError, match="no entrypoint 'clock'"):
         async with entrypoint_waiter(host, "orders", "clock"):
+            pass
+
+
+async def test_waiter_times_out_after_nameko_s_30_seconds(
+    host_factory: HostFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Nothing dispatched: a clear error naming the entrypoint, not a hang."""
+    host = await host_factory([shop.Billing])
+    start = trio.current_time()
+    with pytest.raises(
+        EntrypointWaiterTimeout,
+        match=r"no worker of billing\.charge finished within 30 seconds",
+    ) as raised:
+        async with entrypoint_waiter(host, "billing", "charge"):
+            pass
+    assert trio.current_time() - start == pytest.approx(30)
+    error = raised.value
+    assert (error.service_name, error.method_name, error.timeout) == (
+        "billing",
+        "charge",
+        30,
+    )
+    assert isinstance(error, trio.TooSlowError)
+    assert entrypoint_waiter.Timeout is EntrypointWaiterTimeout  # nameko's name
+
+
+async def test_waiter_timeout_bounds_the_block_and_the_wait_together(
+    host_factory: HostFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    host = await host_factory([shop.Billing])
+    start = trio.current_time()
+    with pytest.raises(EntrypointWaiterTimeout, match=r"within 2\.5 seconds"):
+        async with entrypoint_waiter(host, "billing", "charge", timeout=2.5):
+            await trio.sleep(10)
+    assert trio.current_time() - start == pytest.approx(2.5)
+
+
+async def test_waiter_without_a_timeout_waits_for_ever(
+    host_factory: HostFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    host = await host_factory([shop.Billing])
+    with trio.move_on_after(24 * 3600) as day:
+        async with entrypoint_waiter(host, "billing", "charge", timeout=None):
+            pass
+    assert day.cancelled_caught
+
+
+async def test_waiter_passes_on_a_timeout_of_the_block_itself(
+    host_factory: HostFactory,
+) -> None:
+    """The block's own trio.fail_after is not the waiter's timeout."""
+    host = await host_factory([shop.Billing])
+
+    async def too_slow_block() -> None:
+        async with entrypoint_waiter(host, "billing", "charge", timeout=60):
+            with trio.fail_after(0):
+                await trio.sleep(1)
+
+    with pytest.raises(trio.TooSlowError) as raised:
+        await too_slow_block()
+    assert type(raised.value) is trio.TooSlowError
+
+
+def test_waiter_refuses_a_negative_timeout_and_a_plain_with() -> None:
+    host = ServiceHost([shop.Billing])
+    with pytest.raises(ValueError, match="timeout must be None or >= 0"):
+        entrypoint_waiter(host, "billing", "charge", timeout=-1)
+    with pytest.raises(TypeError, match="use `async with entrypoint_waiter"):
+        with entrypoint_waiter(host, "billing", "charge"):
             pass
 
 

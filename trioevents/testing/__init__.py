@@ -4,7 +4,8 @@
   tests without any broker.
 * :func:`replace_dependencies` -- swap dependencies of a service in a host before
   it starts.
-* :func:`entrypoint_waiter` -- wait until a worker of an entrypoint finished.
+* :class:`entrypoint_waiter` -- wait until a worker of an entrypoint finished
+  (nameko's 30-second timeout: :class:`EntrypointWaiterTimeout`).
 * :class:`HostFactory` -- start hosts in a nursery and stop them all (the
   ``host_factory`` fixture of the pytest plugin, ``trioevents.testing.pytest_plugin``).
 * :class:`RabbitAdmin` -- the management API client behind the per-test vhosts.
@@ -26,10 +27,15 @@ from ._services import (
     replace_dependencies as replace_dependencies,
     worker_factory as worker_factory,
 )
-from ._waiting import WaitResult as WaitResult, entrypoint_waiter as entrypoint_waiter
+from ._waiting import (
+    EntrypointWaiterTimeout as EntrypointWaiterTimeout,
+    WaitResult as WaitResult,
+    entrypoint_waiter as entrypoint_waiter,
+)
 
 __all__ = [
     "TRANSPORT_CHECKS",
+    "EntrypointWaiterTimeout",
     "FlakyTransport",
     "HostFactory",
     "RabbitAdmin",

@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from typing import Any, final
 
+from .._exceptions import ConfigurationError
 from .._uri import masked_uri, parse_amqp_address, with_virtual_host
 
 __all__ = ["RabbitAdmin", "broker_problem", "new_vhost_name", "vhost_uri"]
@@ -28,7 +29,8 @@ class RabbitAdmin:
     ----------
     api_uri
         The API's base URI with credentials, such as
-        ``http://guest:guest@127.0.0.1:15672/api/``.
+        ``http://guest:guest@127.0.0.1:15672/api/``. Its password is never
+        shown: the repr and every error mask it.
 
     Attributes
     ----------
@@ -36,18 +38,42 @@ class RabbitAdmin:
         The API's base URI, without credentials.
     user
         The user the API is called as; new vhosts grant it every permission.
+
+    Raises
+    ------
+    ConfigurationError
+        *api_uri* is not an ``http://`` or ``https://`` URI with a host.
     """
 
     def __init__(self, api_uri: str) -> None:
-        parts = urllib.parse.urlsplit(api_uri)
-        self.base = f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"
+        shown = masked_uri(api_uri)
+        try:
+            parts = urllib.parse.urlsplit(api_uri)
+            hostname, _port = parts.hostname, parts.port  # both may raise ValueError
+        except ValueError:
+            raise ConfigurationError(
+                f"the RabbitMQ management API URI {shown!r} does not parse "
+                "(percent-encode / ? # @ and : in the user name and password)"
+            ) from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise ConfigurationError(
+                f"the RabbitMQ management API URI {shown!r} is not an http:// or "
+                "https:// URI with a host, such as "
+                "http://guest:guest@127.0.0.1:15672/api/"
+            )
+        address = parts.netloc.rpartition("@")[2]
+        self.base = f"{parts.scheme}://{address}{parts.path}"
         if not self.base.endswith("/"):
             self.base += "/"
         user = urllib.parse.unquote(parts.username or "guest")
         password = urllib.parse.unquote(parts.password or "guest")
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.user = user
+        self._shown = shown
         self._auth = f"Basic {token}"
+
+    def __repr__(self) -> str:
+        return f"RabbitAdmin({self._shown!r})"
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Call the API: ``request("GET", "vhosts")``; return the decoded JSON."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 from unittest import mock
 
 import attrs
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .._worker import WorkerContext
 
 __all__ = ["HostFactory", "replace_dependencies", "worker_factory"]
+
+#: The service class :func:`worker_factory` makes an instance of.
+T = TypeVar("T")
 
 
 async def _dispatch_signature(event_type: str, event_data: Any, **options: Any) -> None:
@@ -62,7 +65,7 @@ def _unknown(cls: type, names: Sequence[str], known: Mapping[str, object]) -> st
     )
 
 
-def worker_factory(service_cls: type, **dependencies: Any) -> Any:
+def worker_factory(service_cls: type[T], **dependencies: Any) -> T:
     """Make an instance of *service_cls* for a unit test, without any broker.
 
     Every dependency provider declared on the class (such as an
@@ -85,9 +88,14 @@ def worker_factory(service_cls: type, **dependencies: Any) -> Any:
 
     Returns
     -------
-    object
-        An instance of *service_cls* whose dependencies are attributes of the
-        instance. No extension hooks run; the methods are called directly.
+    T
+        An instance of *service_cls*, typed as one, whose dependencies are
+        attributes of the instance. No extension hooks run; the methods are
+        called directly. Type checkers see a dependency as the service declares
+        it (``dispatch`` as an async callable), not as a mock: to
+        assert on a mock in a type-checked test, pass your own
+        (``dispatch = AsyncMock()``, then ``worker_factory(Orders,
+        dispatch=dispatch)``).
 
     Raises
     ------

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import attrs
 import trio
@@ -13,18 +14,19 @@ from .._extensions import entrypoints_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from types import TracebackType
 
     from .._extensions import Entrypoint
     from .._host import ServiceHost
     from .._worker import WorkerContext
 
-__all__ = ["WaitResult", "entrypoint_waiter"]
+__all__ = ["EntrypointWaiterTimeout", "WaitResult", "entrypoint_waiter"]
 
 
 @final
 @attrs.define(eq=False)
 class WaitResult:
-    """What the awaited worker did; filled in when :func:`entrypoint_waiter` exits.
+    """What the awaited worker did; filled in when :class:`entrypoint_waiter` exits.
 
     Attributes
     ----------
@@ -80,29 +82,51 @@ def _check_entrypoint(host: ServiceHost, service_name: str, method_name: str) ->
     )
 
 
-@asynccontextmanager
-async def entrypoint_waiter(
-    host: ServiceHost,
-    service_name: str,
-    method_name: str,
-    *,
-    callback: Callable[[WorkerContext, Any, BaseException | None], bool] | None = None,
-) -> AsyncIterator[WaitResult]:
+@final
+class EntrypointWaiterTimeout(trio.TooSlowError):
+    """No worker of the awaited entrypoint finished within the waiter's timeout.
+
+    Raised by :class:`entrypoint_waiter` on leaving the block; also reachable as
+    ``entrypoint_waiter.Timeout``, as in nameko. A :class:`trio.TooSlowError`, so
+    code that catches trio's timeouts catches it too.
+
+    Attributes
+    ----------
+    service_name, method_name
+        The entrypoint waited for.
+    timeout
+        The timeout, in seconds.
+    """
+
+    def __init__(self, service_name: str, method_name: str, timeout: float) -> None:
+        super().__init__(
+            f"entrypoint_waiter: no worker of {service_name}.{method_name} "
+            f"finished within {timeout:g} seconds"
+        )
+        self.service_name = service_name
+        self.method_name = method_name
+        self.timeout = timeout
+
+
+@final
+class entrypoint_waiter:  # noqa: N801 (used like a function, as nameko's is)
     """Wait, on leaving the block, until a worker of an entrypoint has finished.
 
-    A worker counts once it finished completely: method, ``worker_result`` and
+    An async context manager, nameko's ``entrypoint_waiter``. A worker counts
+    once it finished completely: method, ``worker_result`` and
     ``worker_teardown`` hooks (its message is acked right after). Workers that
     finish while the block runs count too, so nothing is missed between a
-    dispatch and the wait. There is no sleeping and no timeout: wrap the block in
-    :func:`trio.fail_after` to bound the wait::
+    dispatch and the wait. It never sleeps::
 
-        with trio.fail_after(5):
-            async with entrypoint_waiter(host, "billing", "charge") as waited:
-                await dispatch("orders", "order_placed", {"id": 1, "total": "9.99"})
+        async with entrypoint_waiter(host, "billing", "charge") as waited:
+            await dispatch("orders", "order_placed", {"id": 1, "total": "9.99"})
         assert waited.get() is None  # re-raises what the handler raised
 
-    A handler's exception does not escape the block: it is in
-    :attr:`WaitResult.exception`, and :meth:`WaitResult.get` raises it.
+    As in nameko, the block and the wait share a *timeout* of 30 seconds: past
+    it, :class:`EntrypointWaiterTimeout` (``entrypoint_waiter.Timeout``), which
+    names the service, the method and the timeout. A handler's exception does
+    not escape the block: it is in :attr:`WaitResult.exception`, and
+    :meth:`WaitResult.get` raises it.
 
     Parameters
     ----------
@@ -115,18 +139,69 @@ async def entrypoint_waiter(
         of the entrypoint until it returns true; the wait ends with that worker.
         Use it to wait for a particular call. Whatever it raises is raised when
         the block exits.
-
-    Yields
-    ------
-    WaitResult
-        Filled in with the awaited worker's context, result and exception.
+    timeout
+        Seconds the block and the wait may take together (nameko's default,
+        30); ``None`` waits for ever.
 
     Raises
     ------
     ValueError
-        The host has no such service, or the method is not an entrypoint.
+        The host has no such service, the method is not an entrypoint, or
+        *timeout* is negative.
+    EntrypointWaiterTimeout
+        On leaving the block, when no worker finished within *timeout*.
     """
-    _check_entrypoint(host, service_name, method_name)
+
+    #: nameko's name for :class:`EntrypointWaiterTimeout`.
+    Timeout = EntrypointWaiterTimeout
+
+    def __init__(
+        self,
+        host: ServiceHost,
+        service_name: str,
+        method_name: str,
+        *,
+        callback: Callable[[WorkerContext, Any, BaseException | None], bool]
+        | None = None,
+        timeout: float | None = 30,
+    ) -> None:
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        _check_entrypoint(host, service_name, method_name)
+        self._waiting = _wait_for_worker(
+            host, service_name, method_name, callback, timeout
+        )
+
+    async def __aenter__(self) -> WaitResult:
+        return await self._waiting.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        return await self._waiting.__aexit__(exc_type, exc, traceback)
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            "entrypoint_waiter is an async context manager: "
+            "use `async with entrypoint_waiter(...)`"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover
+        """Never reached: :meth:`__enter__` refuses."""
+
+
+@asynccontextmanager
+async def _wait_for_worker(
+    host: ServiceHost,
+    service_name: str,
+    method_name: str,
+    callback: Callable[[WorkerContext, Any, BaseException | None], bool] | None,
+    seconds: float | None,
+) -> AsyncIterator[WaitResult]:
+    """The waiter's body; *seconds* bounds the block and the wait together."""
     waited = WaitResult()
     finished = trio.Event()
     failure: list[BaseException] = []
@@ -162,9 +237,13 @@ async def entrypoint_waiter(
 
     host.add_worker_hook(hook)
     try:
-        yield waited
-        await finished.wait()
+        with trio.move_on_after(math.inf if seconds is None else seconds) as deadline:
+            yield waited
+            await finished.wait()
     finally:
         host.remove_worker_hook(hook)
     if failure:
         raise failure[0]
+    if deadline.cancelled_caught and not waited.done:
+        assert seconds is not None  # an infinite deadline never expires
+        raise EntrypointWaiterTimeout(service_name, method_name, seconds)
