@@ -145,7 +145,8 @@ class ServiceContext:
         acquire it on behalf of each delivery before starting a worker.
     observers
         The host's :class:`~trioevents.Observer` objects: an entrypoint tells
-        them about each delivery it handles (see :func:`trioevents.observe`).
+        them about each delivery it handles (:meth:`Observer.handling
+        <trioevents.Observer.handling>`).
     """
 
     name: str

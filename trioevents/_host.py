@@ -166,7 +166,7 @@ class ServiceHost:
 
     @property
     def state(self) -> HostState:
-        """Where the host is: stopped, connecting, serving, reconnecting, stopping.
+        """The host's :class:`~trioevents.HostState` (stopped, connecting, serving, ...).
 
         ``SERVING`` means every consumer is subscribed and the connection is up
         (what a readiness probe asks); see :meth:`wait_state` to await a change.
