@@ -11,8 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from trioevents import ServiceHost, WorkerContext
+from trioevents import Outcome, SerializationError, ServiceHost, WorkerContext
 from trioevents.testing import (
+    DeliveryNotHandled,
     EntrypointWaiterTimeout,
     HostFactory,
     WaitResult,
@@ -247,3 +248,28 @@ def test_waiter_refuses_a_negative_timeout_and_a_plain_with() -> None:
 def test_wait_result_get_before_done_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not finished"):
         WaitResult().get()
+
+
+async def test_a_delivery_refused_unread_ends_the_wait_with_its_cause(
+    broker_uri: str, host_factory: HostFactory
+) -> None:
+    """A payload that does not fit the annotation: no worker runs, the wait says so."""
+    host = await host_factory([shop.Billing])
+    started = trio.current_time()
+    waited = WaitResult()
+
+    async def wait_for_a_bad_order() -> None:
+        nonlocal waited
+        async with entrypoint_waiter(host, "billing", "charge") as waited:
+            async with host_factory.dispatcher() as dispatch:
+                await dispatch("orders", "order_placed", {"id": "not a number"})
+
+    with pytest.raises(DeliveryNotHandled) as raised:
+        await wait_for_a_bad_order()
+    error = raised.value
+    assert (error.service_name, error.method_name) == ("billing", "charge")
+    assert error.outcome is Outcome.UNDECODABLE
+    assert "SerializationError" in str(error)
+    assert isinstance(error.__cause__, SerializationError)
+    assert not waited.done
+    assert trio.current_time() - started < 30  # at once, not at the timeout

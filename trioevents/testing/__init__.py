@@ -28,6 +28,7 @@ from ._services import (
     worker_factory as worker_factory,
 )
 from ._waiting import (
+    DeliveryNotHandled as DeliveryNotHandled,
     EntrypointWaiterTimeout as EntrypointWaiterTimeout,
     WaitResult as WaitResult,
     entrypoint_waiter as entrypoint_waiter,
@@ -35,6 +36,7 @@ from ._waiting import (
 
 __all__ = [
     "TRANSPORT_CHECKS",
+    "DeliveryNotHandled",
     "EntrypointWaiterTimeout",
     "FlakyTransport",
     "HostFactory",

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import inspect
 import math
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, final
 
 import attrs
 import trio
 
+from .._exceptions import describe_exception
 from .._extensions import entrypoints_of
+from .._observe import HandledEvent, Observer, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
     from types import TracebackType
 
     from .._extensions import Entrypoint
     from .._host import ServiceHost
     from .._worker import WorkerContext
 
-__all__ = ["EntrypointWaiterTimeout", "WaitResult", "entrypoint_waiter"]
+__all__ = [
+    "DeliveryNotHandled",
+    "EntrypointWaiterTimeout",
+    "WaitResult",
+    "entrypoint_waiter",
+]
 
 
 @final
@@ -109,6 +116,56 @@ class EntrypointWaiterTimeout(trio.TooSlowError):
 
 
 @final
+class DeliveryNotHandled(Exception):
+    """A delivery for the awaited entrypoint was refused before any worker ran.
+
+    Its payload or properties could not be read (it went to the dead-letter
+    queue), or it was too large to read (rejected): the handler never ran, so
+    no worker will finish for it. Raised by :class:`entrypoint_waiter` on
+    leaving the block, at once rather than at the timeout; ``__cause__`` is the
+    error that says why (usually a :class:`~trioevents.SerializationError`).
+
+    Attributes
+    ----------
+    service_name, method_name
+        The entrypoint waited for.
+    outcome
+        What became of the delivery (:attr:`Outcome.UNDECODABLE
+        <trioevents.Outcome.UNDECODABLE>` or ``REJECTED``).
+    """
+
+    def __init__(
+        self, service_name: str, method_name: str, outcome: Outcome, reason: str
+    ) -> None:
+        super().__init__(
+            f"entrypoint_waiter: a delivery for {service_name}.{method_name} was "
+            f"not handled ({outcome.value}): {reason}"
+        )
+        self.service_name = service_name
+        self.method_name = method_name
+        self.outcome = outcome
+
+
+class _Refusals(Observer):
+    """Notes deliveries of one handler that were refused before a worker ran."""
+
+    def __init__(
+        self, handler: str, on_refused: Callable[[HandledEvent], None]
+    ) -> None:
+        self._handler = handler
+        self._on_refused = on_refused
+
+    @contextmanager
+    def handling(self, event: HandledEvent) -> Iterator[None]:
+        yield
+        if event.handler == self._handler and event.outcome in _REFUSED:
+            self._on_refused(event)
+
+
+_REFUSED = (Outcome.UNDECODABLE, Outcome.REJECTED)
+
+
+@final
 class entrypoint_waiter:  # noqa: N801 (used like a function, as nameko's is)
     """Wait, on leaving the block, until a worker of an entrypoint has finished.
 
@@ -126,7 +183,10 @@ class entrypoint_waiter:  # noqa: N801 (used like a function, as nameko's is)
     it, :class:`EntrypointWaiterTimeout` (``entrypoint_waiter.Timeout``), which
     names the service, the method and the timeout. A handler's exception does
     not escape the block: it is in :attr:`WaitResult.exception`, and
-    :meth:`WaitResult.get` raises it.
+    :meth:`WaitResult.get` raises it. A delivery for the entrypoint that is
+    refused before its handler runs (a payload that does not fit the handler's
+    annotation, say) ends the wait at once with :class:`DeliveryNotHandled`,
+    which says why.
 
     Parameters
     ----------
@@ -150,6 +210,9 @@ class entrypoint_waiter:  # noqa: N801 (used like a function, as nameko's is)
         *timeout* is negative.
     EntrypointWaiterTimeout
         On leaving the block, when no worker finished within *timeout*.
+    DeliveryNotHandled
+        On leaving the block, when a delivery for the entrypoint was
+        dead-lettered or rejected unread before any worker finished.
     """
 
     #: nameko's name for :class:`EntrypointWaiterTimeout`.
@@ -235,13 +298,29 @@ async def _wait_for_worker(
         waited._done = True
         finished.set()
 
+    def refused(event: HandledEvent) -> None:
+        if finished.is_set():
+            return
+        error = DeliveryNotHandled(
+            service_name,
+            method_name,
+            event.outcome or Outcome.REJECTED,
+            describe_exception(event.error) if event.error else "no reason given",
+        )
+        error.__cause__ = event.error
+        failure.append(error)
+        finished.set()
+
+    refusals = _Refusals(f"{service_name}.{method_name}", refused)
     host.add_worker_hook(hook)
+    host.add_observer(refusals)
     try:
         with trio.move_on_after(math.inf if seconds is None else seconds) as deadline:
             yield waited
             await finished.wait()
     finally:
         host.remove_worker_hook(hook)
+        host.remove_observer(refusals)
     if failure:
         raise failure[0]
     if deadline.cancelled_caught and not waited.done:
