@@ -130,8 +130,8 @@ class DeliveryNotHandled(Exception):
     service_name, method_name
         The entrypoint waited for.
     outcome
-        What became of the delivery (:attr:`Outcome.UNDECODABLE
-        <trioevents.Outcome.UNDECODABLE>` or ``REJECTED``).
+        What became of the delivery, a :class:`~trioevents.Outcome`:
+        ``UNDECODABLE`` or ``REJECTED``.
     """
 
     def __init__(
