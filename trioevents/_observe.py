@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
@@ -187,18 +187,27 @@ class Observer:
         """Called when the host's :class:`HostState` changes."""
 
 
-@contextlib.contextmanager
 def observe(
     observers: Sequence[Observer], hook: str, event: DispatchedEvent | HandledEvent
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """Enter ``observer.<hook>(event)`` of every observer around the block.
 
     An observer that raises is logged and left out; it can neither fail nor
-    swallow the block's own exception (or cancellation).
+    swallow the block's own exception (or cancellation). Without observers this
+    is a shared no-op context: nothing is allocated per event.
     """
     if not observers:
-        yield
-        return
+        return _NOTHING
+    return _observed(observers, hook, event)
+
+
+_NOTHING: Final = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _observed(
+    observers: Sequence[Observer], hook: str, event: DispatchedEvent | HandledEvent
+) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for observer in observers:
             try:

@@ -168,6 +168,10 @@ class Publisher:
         self._pending: deque[_Request] = deque()
         self._closed = False
         self._cause: BaseException | None = None
+        #: The connection callers publish on directly, while one is up.
+        self._connection: abc.Connection | None = None
+        #: Exchanges declared on that connection.
+        self._declared: set[str] = set()
 
     @property
     def codec(self) -> PayloadCodec:
@@ -217,31 +221,44 @@ class Publisher:
         trio.ClosedResourceError
             The publisher was closed (the host stopped serving).
         """
+        extra = options.get("headers")
+        if extra:
+            headers = {**(headers or {}), **extra}
+        if not self._observers:
+            await self._send_event(exchange, event_type, event_data, options, headers)
+            return
         event = DispatchedEvent(
             service,
             exchange,
             event_type,
-            {**(headers or {}), **options.get("headers", {})},
+            dict(headers or {}),
             options.get("message_id"),
             worker_ctx,
         )
         with observe(self._observers, "dispatching", event):
             try:
-                body, content_type, content_encoding = self._codec.encode(event_data)
-                properties, mandatory = build_properties(
-                    content_type, content_encoding, event.headers, options
-                )
-                await self.publish(
-                    exchange,
-                    event_type,
-                    body,
-                    properties,
-                    mandatory=mandatory,
-                    declare=True,
+                await self._send_event(
+                    exchange, event_type, event_data, options, event.headers
                 )
             except BaseException as exc:
                 event.error = exc
                 raise
+
+    async def _send_event(
+        self,
+        exchange: str,
+        event_type: str,
+        event_data: Any,
+        options: Mapping[str, Any],
+        headers: Mapping[str, Any] | None,
+    ) -> None:
+        body, content_type, content_encoding = self._codec.encode(event_data)
+        properties, mandatory = build_properties(
+            content_type, content_encoding, headers, options
+        )
+        await self.publish(
+            exchange, event_type, body, properties, mandatory=mandatory, declare=True
+        )
 
     async def publish(
         self,
@@ -260,12 +277,28 @@ class Publisher:
         """
         if self._closed:
             raise trio.ClosedResourceError("the publisher is closed")
-        request = _Request(exchange, routing_key, body, properties, mandatory, declare)
         timeout = self._timeout if self._timeout is not None else math.inf
+        deadline = trio.current_time() + timeout
+        connection = self._connection
+        if connection is not None and not self._pending and not self._backlog():
+            # The fast path: the caller publishes on the connection itself (a
+            # publish is framed whole before any await, so a cancelled caller
+            # leaves no half-sent frame); only a lost connection sends the
+            # message through the queue, to the next connection.
+            with trio.move_on_at(deadline):
+                try:
+                    await self._publish_on(
+                        connection, exchange, routing_key, body, properties,
+                        mandatory=mandatory, declare=declare,
+                    )  # fmt: skip
+                    return
+                except LOST:
+                    pass  # maybe published, not confirmed: publish it again
+        request = _Request(exchange, routing_key, body, properties, mandatory, declare)
         try:
             # Cancelled before send() returned: nothing was queued. Cancelled
             # while waiting for the confirm: abandoned unless already sent.
-            with trio.move_on_after(timeout) as scope:
+            with trio.move_on_at(deadline) as scope:
                 await self._send.send(request)
                 await request.done.wait()
         finally:
@@ -280,8 +313,36 @@ class Publisher:
         if request.error is not None:
             raise request.error
 
+    def _backlog(self) -> int:
+        """How many requests wait in the queue for a publishing task."""
+        return self._receive.statistics().current_buffer_used
+
+    async def _publish_on(
+        self,
+        connection: abc.Connection,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool,
+        declare: bool,
+    ) -> None:
+        if declare and exchange not in self._declared:
+            await connection.declare_exchange(
+                exchange, ExchangeType.TOPIC, durable=True
+            )
+            self._declared.add(exchange)
+        await connection.publish(
+            exchange, routing_key, body, properties, mandatory=mandatory
+        )
+
     async def run(self, connection: abc.Connection) -> None:
-        """Publish queued requests on *connection* until it dies or is cancelled.
+        """Publish on *connection* until it dies or is cancelled.
+
+        While it runs, callers publish on the connection themselves; the
+        publishing tasks it starts take what is queued (publishes that waited
+        for this connection, or that a lost connection cut short).
 
         Raises
         ------
@@ -289,34 +350,36 @@ class Publisher:
             The connection died; unconfirmed requests wait for the next one.
         """
         self._cause = None
-        declared: set[str] = set()
-        async with trio.open_nursery() as nursery:
-            for _ in range(_PUBLISHERS):
-                nursery.start_soon(self._publish_loop, connection, declared)
+        self._declared = set()
+        self._connection = connection
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(_PUBLISHERS):
+                    nursery.start_soon(self._publish_loop, connection)
+        finally:
+            if self._connection is connection:
+                self._connection = None
 
-    async def _publish_loop(
-        self, connection: abc.Connection, declared: set[str]
-    ) -> None:
+    async def _publish_loop(self, connection: abc.Connection) -> None:
         pending = self._pending
         while True:
             request = pending.popleft() if pending else await self._receive.receive()
             if request.abandoned:
                 continue
             try:
-                if request.declare and request.exchange not in declared:
-                    await connection.declare_exchange(
-                        request.exchange, ExchangeType.TOPIC, durable=True
-                    )
-                    declared.add(request.exchange)
-                await connection.publish(
+                await self._publish_on(
+                    connection,
                     request.exchange,
                     request.routing_key,
                     request.body,
                     request.properties,
                     mandatory=request.mandatory,
+                    declare=request.declare,
                 )
             except LOST as exc:
                 pending.appendleft(request)
+                if self._connection is connection:
+                    self._connection = None  # no fast path on a dead connection
                 raise ConnectionLost(f"publishing failed: {exc}") from exc
             except TransportError as exc:
                 request.error = exc
@@ -330,6 +393,7 @@ class Publisher:
     def close(self) -> None:
         """Refuse new publishes and fail the waiting ones (the host stopped)."""
         self._closed = True
+        self._connection = None
         error = trio.ClosedResourceError("the publisher was closed before the confirm")
         waiting = list(self._pending)
         self._pending.clear()

@@ -25,7 +25,7 @@ from .._exceptions import (
     SerializationError,
 )
 from .._extensions import Entrypoint
-from .._observe import HandledEvent, observe
+from .._observe import HandledEvent, Outcome, observe
 from ._failure import decide
 from ._outcome import HandlerSite, carry_out, event_type_of
 from ._retry import Backoff, attempts_so_far, check_combination
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .._config import Config
     from .._extensions import ConnectionContext
     from .._message import Delivery
+    from .._worker import WorkerContext
 
 __all__ = ["EventHandler", "event_handler"]
 
@@ -398,6 +399,10 @@ class EventHandler(Entrypoint):
     async def _handle_delivery(self, site: HandlerSite, delivery: Delivery) -> None:
         props = delivery.properties
         attempt = attempts_so_far(props.headers, site.queue.name)
+        observers = self.service.observers
+        if not observers:
+            await self._handle_unobserved(site, delivery, attempt)
+            return
         event = HandledEvent(
             service=self.service_name,
             handler=site.where,
@@ -409,34 +414,36 @@ class EventHandler(Entrypoint):
             redelivered=delivery.redelivered,
             attempt=attempt,
         )
-        with observe(self.service.observers, "handling", event):
-            await self._handle_observed(site, delivery, event)
+        with observe(observers, "handling", event):
+            (
+                event.outcome,
+                event.error,
+                event.worker_ctx,
+            ) = await self._handle_unobserved(site, delivery, attempt)
 
-    async def _handle_observed(
-        self, site: HandlerSite, delivery: Delivery, event: HandledEvent
-    ) -> None:
-        """Read the delivery, run the worker, settle; fill *event* in as it goes."""
-        attempt = event.attempt
+    async def _handle_unobserved(
+        self, site: HandlerSite, delivery: Delivery, attempt: int
+    ) -> tuple[Outcome, BaseException | None, WorkerContext | None]:
+        """Read the delivery, run the worker, settle; say how it went."""
         defect = delivery.defect
         if defect is not None:
-            event.error = SerializationError(defect.reason)
+            unreadable = SerializationError(defect.reason)
             decision = decide(
-                event.error, undecodable=True, body_dropped=defect.body_dropped
+                unreadable, undecodable=True, body_dropped=defect.body_dropped
             )
-            event.outcome = await carry_out(
+            outcome = await carry_out(
                 decision,
                 delivery,
                 site,
-                error=event.error,
+                error=unreadable,
                 attempt=attempt,
                 call_id=None,
             )
-            return
+            return outcome, unreadable, None
         try:
             payload = self.service.codec.decode(delivery, self._annotation)
         except SerializationError as exc:
-            event.error = exc
-            event.outcome = await carry_out(
+            outcome = await carry_out(
                 decide(exc, undecodable=True),
                 delivery,
                 site,
@@ -444,19 +451,17 @@ class EventHandler(Entrypoint):
                 attempt=attempt,
                 call_id=None,
             )
-            return
+            return outcome, exc, None
         worker = await self.service.run_worker(
             self, (payload,), delivery.properties.headers
         )
-        event.worker_ctx = worker.worker_ctx
-        event.error = worker.exception
         decision = decide(
             worker.exception,
             attempt=attempt,
             retry=self.retry,
             requeue_on_error=self.requeue_on_error,
         )
-        event.outcome = await carry_out(
+        outcome = await carry_out(
             decision,
             delivery,
             site,
@@ -464,6 +469,7 @@ class EventHandler(Entrypoint):
             attempt=attempt,
             call_id=worker.worker_ctx.call_id,
         )
+        return outcome, worker.exception, worker.worker_ctx
 
 
 def _consumer_timeout_advice(exc: ChannelClosedByBroker) -> str:
