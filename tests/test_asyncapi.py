@@ -41,6 +41,7 @@ from trioevents import (
     event_handler,
 )
 from trioevents._configfile import import_yaml
+from trioevents._schema import SchemaBuilder
 from trioevents._serialization import decode_payload, encode_payload, make_converter
 from trioevents.cli import import_services, main
 
@@ -526,6 +527,37 @@ def test_a_mapping_annotation_is_an_object(document: dict[str, Any]) -> None:
     assert not check.is_valid([1])
 
 
+@attrs.frozen
+class Wrapper(typing.Generic[T]):
+    page: Page[T]
+
+
+def test_type_arguments_reach_nested_generic_classes() -> None:
+    builder = SchemaBuilder()
+    assert builder.schema(list[Wrapper[Line]]) == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/Wrapper_Line"},
+    }
+    builder.schema(Wrapper[Address])
+    pages = {
+        name: schema["properties"]["items"]["items"]
+        for name, schema in builder.definitions.items()
+        if name.startswith("Page_")
+    }
+    assert pages == {
+        "Page_Line": {"$ref": "#/components/schemas/Line"},
+        "Page_Address": {"$ref": "#/components/schemas/Address"},
+    }
+
+
+def test_a_type_without_a_known_schema_is_any_value_said_so() -> None:
+    """What the converter cannot handle never reaches a document (handlers and
+    declarations refuse it), but the builder says so rather than guess."""
+    assert SchemaBuilder().schema(pathlib.Path) == {
+        "description": "Path: any JSON value (no schema known)"
+    }
+
+
 # --------------------------------------------------------------- the document
 
 
@@ -912,7 +944,9 @@ def test_the_command_fails_in_one_line(
     assert main(["asyncapi", "examples.shop", "--format", "xml"]) == 2
 
 
-def test_the_installed_command_writes_the_document(tmp_path: pathlib.Path) -> None:
+def test_python_dash_m_trioevents_asyncapi_writes_the_document(
+    tmp_path: pathlib.Path,
+) -> None:
     """``python -m trioevents asyncapi`` in a process of its own."""
     path = tmp_path / "shop.json"
     env = {

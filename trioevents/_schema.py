@@ -197,15 +197,17 @@ class SchemaBuilder:
             return self._class_schema(t, typevars)
         if isinstance(origin, type):
             if _is_structured_class(origin):
-                return self._named(t, origin, args)
+                return self._named(origin, args)
             return self._generic_schema(origin, args, typevars)
         return _unknown(t)
 
     def _class_schema(self, cls: type, typevars: Mapping[object, object]) -> Schema:
-        if issubclass(cls, enum.Enum):
-            return self._named(cls, cls, ())
-        if _is_structured_class(cls) or typing.is_typeddict(cls):
-            return self._named(cls, cls, ())
+        if (
+            issubclass(cls, enum.Enum)
+            or _is_structured_class(cls)
+            or typing.is_typeddict(cls)
+        ):
+            return self._named(cls, ())
         if cls is bytes:
             return _copy(_BYTES)
         for base in cls.__mro__:
@@ -260,11 +262,12 @@ class SchemaBuilder:
 
     # -- named schemas: classes and enums
 
-    def _named(self, t: object, cls: type, args: tuple[object, ...]) -> Schema:
-        name = self._names.get(t)
+    def _named(self, cls: type, args: tuple[object, ...]) -> Schema:
+        """A ``$ref`` to the schema of *cls* (with the type arguments *args*)."""
+        name = self._names.get((cls, args))
         if name is None:
             name = self._new_name(cls, args)
-            self._names[t] = name
+            self._names[(cls, args)] = name
             self.definitions[name] = {}  # taken; filled below (it may refer to itself)
             self.definitions[name] = self._define(cls, args)
         return self._ref(name)
@@ -413,6 +416,8 @@ def _any_of(schemas: list[Schema]) -> Schema:
 
 
 def _enum(values: list[object]) -> Schema:
+    if not values:
+        return {"not": {}}  # no value is one of none
     schema: Schema = {"const": values[0]} if len(values) == 1 else {"enum": values}
     kinds = {_json_type(value) for value in values}
     if len(kinds) == 1:
