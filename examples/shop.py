@@ -93,11 +93,11 @@ class Charged:
 
 class Orders:
     name = "orders"
-    dispatch = EventDispatcher()
+    dispatch = EventDispatcher(events={"order_placed": OrderPlaced})
 
     @event_handler("web", "checkout")
     async def on_checkout(self, payload: dict[str, Any]) -> OrderPlaced:
-        total = sum(decimal.Decimal(p) for p in payload["prices"])
+        total = sum((decimal.Decimal(p) for p in payload["prices"]), decimal.Decimal(0))
         order = OrderPlaced(id=payload["id"], customer=payload["customer"], total=total)
         await self.dispatch("order_placed", order)
         say.info(
@@ -110,7 +110,7 @@ class Orders:
 
 class Billing:
     name = "billing"
-    dispatch = EventDispatcher()
+    dispatch = EventDispatcher(events={"charged": Charged})
 
     @event_handler("orders", "order_placed")
     async def charge(self, event: OrderPlaced) -> None:
@@ -151,7 +151,7 @@ class Web:
     """The shop's front end, played by a timer: a checkout every second."""
 
     name = "web"
-    dispatch = EventDispatcher()
+    dispatch = EventDispatcher(events={"checkout": dict[str, Any]})
 
     @timer(interval=1.0)
     async def checkout(self) -> None:

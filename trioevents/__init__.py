@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._asyncapi import asyncapi_document as asyncapi_document
 from ._codec import PayloadCodec as PayloadCodec
 from ._config import Config as Config
 from ._events import (
@@ -117,6 +118,7 @@ __all__ = [
     "TrioEventsError",
     "WorkerContext",
     "WorkerResult",
+    "asyncapi_document",
     "event_handler",
     "serve_until_signalled",
 ]

@@ -5,6 +5,7 @@
     trioevents run MODULE[:Class] ... [--config FILE] [--broker URI]
     trioevents dispatch SERVICE EVENT_TYPE [JSON | -] [--config FILE] [--broker URI]
     trioevents show-config [--config FILE] [--broker URI]
+    trioevents asyncapi MODULE[:Class] ... [-o FILE] [--format yaml|json]
 
 The configuration is the defaults, then ``--config``, then ``TRIOEVENTS_<KEY>``
 environment variables, then ``--broker`` (each over the one before).
@@ -14,7 +15,9 @@ re-exports), builds one :class:`~trioevents.ServiceHost` and serves until SIGTER
 or Ctrl-C, which stop gracefully; a second one stops at once
 (:func:`~trioevents.serve_until_signalled`). ``dispatch`` publishes one event, or
 one per line of standard input, to RabbitMQ. ``show-config`` prints the effective
-configuration, where each value came from, secrets masked.
+configuration, where each value came from, secrets masked. ``asyncapi`` writes
+an AsyncAPI 3.0 document of the services' events
+(:func:`~trioevents.asyncapi_document`).
 
 Exit status: 0 after a clean stop, 1 with a one-line error (bad config, a module
 that cannot be imported, a broker that cannot be reached, ...), 2 for bad usage,
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._asyncapi import asyncapi_document
 from ._config import Config, LoadedConfig
 from ._configfile import ENV_PREFIX, Layer, import_yaml
 from ._exceptions import TrioEventsError
@@ -149,6 +153,42 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the configuration as the other commands see it, as "
         "YAML, each key with where its value came from: --broker over "
         "TRIOEVENTS_<KEY> environment variables over --config over the defaults.",
+    )
+
+    asyncapi = commands.add_parser(
+        "asyncapi",
+        parents=[common],
+        help="write an AsyncAPI 3.0 document of the services' events",
+        description="Import the services and write an AsyncAPI 3.0 document of "
+        "their events: a channel per exchange and routing key, a send operation "
+        "per event type a dispatcher declares (EventDispatcher(events=...)), a "
+        "receive operation per event handler with its queue, and the payloads' "
+        "JSON Schemas. AMQP_URI (--broker, --config, TRIOEVENTS_AMQP_URI) names "
+        "the servers, passwords masked; memory:// names none.",
+    )
+    asyncapi.add_argument(
+        "services",
+        nargs="+",
+        metavar="MODULE[:Class]",
+        help="a module (every service class it defines or re-exports) or module:Class",
+    )
+    asyncapi.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the document to FILE (default: standard output)",
+    )
+    asyncapi.add_argument(
+        "--format",
+        choices=["yaml", "json"],
+        help="the document's format (default: json if FILE ends with .json, else yaml)",
+    )
+    asyncapi.add_argument("--title", help="info.title (default: the services' names)")
+    asyncapi.add_argument(
+        "--api-version",
+        default="1.0.0",
+        metavar="VERSION",
+        help="info.version, the version of the services' API (default: 1.0.0)",
     )
     return parser
 
@@ -429,9 +469,42 @@ def _show_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------- asyncapi
+
+
+def _asyncapi(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    services = import_services(args.services)
+    document = asyncapi_document(
+        services,
+        title=args.title,
+        version=args.api_version,
+        uri=loaded.config.amqp_uri,
+    )
+    output = None if args.output in (None, "-") else pathlib.Path(args.output)
+    json_wanted = output is not None and output.suffix.lower() == ".json"
+    if args.format == "json" or (args.format is None and json_wanted):
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = import_yaml().safe_dump(document, sort_keys=False, allow_unicode=True)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return EXIT_OK
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {str(output)!r}: {exc.strerror}") from exc
+    _write(
+        f"wrote {output}: AsyncAPI {document['asyncapi']}, "
+        f"{len(document['channels'])} channel(s), "
+        f"{len(document['operations'])} operation(s)"
+    )
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------- main
 
-_COMMANDS = {"dispatch": _dispatch, "show-config": _show_config}
+_COMMANDS = {"dispatch": _dispatch, "show-config": _show_config, "asyncapi": _asyncapi}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

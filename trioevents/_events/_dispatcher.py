@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import ConfigurationError
 from .._extensions import DependencyProvider
 from .._publisher import check_publish_options
+from .._serialization import check_annotation
 from ._topology import declare_event_exchange, event_exchange_name
 
 if TYPE_CHECKING:
@@ -31,18 +34,45 @@ class EventDispatcher(DependencyProvider["Dispatch"]):
 
     Parameters
     ----------
+    events
+        The events this dispatcher sends: event type -> payload type (an attrs
+        class, a dataclass, or any annotation a handler may take, such as
+        ``list[Item]``; ``Any`` or ``dict`` for plain JSON). A declaration for
+        readers and tools: :func:`~trioevents.asyncapi_document` lists each as
+        a ``send`` operation with the payload's JSON Schema. Dispatch does not
+        check it: an event type not declared is dispatched all the same, and
+        so is a payload of another type (its receivers check what they get).
     **publish_options
         Defaults for every dispatch: ``delivery_mode``, ``priority``,
         ``expiration``, ``headers``, ``mandatory``, ``message_id``,
         ``correlation_id``. A dispatch's own options override them.
 
+    Attributes
+    ----------
+    events
+        The declared events, read-only (empty if none were declared).
+
     Raises
     ------
     ConfigurationError
-        An unknown option or one of the wrong type.
+        An unknown option or one of the wrong type; *events* not a mapping, an
+        event type that is not a non-empty ``str`` or holds a wildcard (``*``,
+        ``#``), or a payload type the converter cannot structure (a string
+        instead of a type, say).
+
+    Examples
+    --------
+    ::
+
+        class Orders:
+            name = "orders"
+            dispatch = EventDispatcher(events={"order_placed": OrderPlaced})
     """
 
-    def __init__(self, **publish_options: Any) -> None:
+    def __init__(
+        self, *, events: Mapping[str, object] | None = None, **publish_options: Any
+    ) -> None:
+        self.events = _check_events(events)
         self.publish_options = check_publish_options(publish_options)
 
     async def declare(self, connection: abc.Connection) -> None:
@@ -69,3 +99,41 @@ class EventDispatcher(DependencyProvider["Dispatch"]):
             )
 
         return dispatch
+
+
+def _check_events(events: object) -> Mapping[str, object]:
+    """Check ``EventDispatcher(events=...)``; return it as a read-only mapping."""
+    if events is None:
+        return types.MappingProxyType({})
+    if not isinstance(events, Mapping):
+        raise ConfigurationError(
+            "EventDispatcher(events=...) takes a mapping of event type to payload "
+            f"type, such as {{'order_placed': OrderPlaced}}, not {events!r}"
+        )
+    checked: dict[str, object] = {}
+    for event_type, payload_type in events.items():
+        if not isinstance(event_type, str) or not event_type:
+            raise ConfigurationError(
+                "EventDispatcher(events=...): an event type must be a non-empty "
+                f"str, not {event_type!r}"
+            )
+        if "*" in event_type or "#" in event_type:
+            raise ConfigurationError(
+                f"EventDispatcher(events=...): {event_type!r} holds a wildcard; an "
+                "event type a dispatcher sends is a routing key ('*' and '#' are "
+                "patterns in handlers' event types only)"
+            )
+        if isinstance(payload_type, str):
+            raise ConfigurationError(
+                f"EventDispatcher(events=...): the payload type of {event_type!r} "
+                f"must be a type, not the string {payload_type!r}"
+            )
+        try:
+            check_annotation(payload_type)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"EventDispatcher(events=...): the payload type of {event_type!r}: "
+                f"{exc}"
+            ) from exc
+        checked[event_type] = payload_type
+    return types.MappingProxyType(checked)
