@@ -197,9 +197,10 @@ class EventHandler(Entrypoint):
 
     @property
     def effective_queue_type(self) -> QueueType:
-        """The type of the handler's queues: its ``queue_type``, else the config's.
+        """The type of the handler's queues, from its ``queue_type`` or the config.
 
-        A handler without ``reliable_delivery`` is always classic.
+        Without ``queue_type``, the config's ``QUEUE_TYPE``; a handler without
+        ``reliable_delivery`` is always classic.
         """
         if self.queue_type is not None:
             return self.queue_type
