@@ -19,7 +19,6 @@ from trioevents import (
     SERVICE_POOL,
     SINGLETON,
     Backoff,
-    EventHandler,
     EventHandlerConfigurationError,
     HandlerType,
     PreconditionFailed,
@@ -29,7 +28,12 @@ from trioevents import (
 from trioevents._events._topology import QueueSpec, handler_queue, handler_topology
 
 from .support.brokers import connect, dead_letters, dispatch, queue_exists
-from .support.recording import Recorder, log_lines
+from .support.recording import (
+    Recorder,
+    StableBroadcast,
+    log_lines,
+    recording_service,
+)
 
 if TYPE_CHECKING:
     from trioevents.testing import HostFactory
@@ -49,29 +53,12 @@ def fresh_recorder() -> None:
 
 def pinged(service_name: str, **options: Any) -> type:
     """A service whose handler of ``src``/``ping`` records ``(name, payload["n"])``."""
-
-    class Service:
-        name = service_name
-
-        @event_handler(SOURCE, EVENT, **options)
-        async def handle(self, payload: dict[str, Any]) -> None:
-            recorder.record(self.name, payload["n"])
-
-    return Service
+    return recording_service(service_name, lambda: recorder, SOURCE, EVENT, **options)
 
 
-class StableBroadcast(EventHandler):
-    @property
-    def broadcast_identifier(self) -> str:
-        return "node-7"
-
-
-class ReliableBroadcast:
-    name = "broadcast"
-
-    @StableBroadcast.decorator(SOURCE, EVENT, handler_type=BROADCAST)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
+ReliableBroadcast = pinged(
+    "broadcast", decorator=StableBroadcast.decorator, handler_type=BROADCAST
+)
 
 
 def spec(

@@ -35,6 +35,8 @@ from ._support import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ..._message import Delivery
     from ...abc import Connection
     from ._registry import MakeTransport
@@ -140,53 +142,56 @@ async def check_queue_type_mismatch_is_precondition_failed(
         await conn.declare_queue(
             classic, durable=True, arguments={"x-queue-type": "classic"}
         )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-queue-type", "queue", classic)
-            + r": received the value 'quorum' of type 'longstr' but current is none$",
-            lambda: conn.declare_queue(classic, durable=True, arguments=_QUORUM),
-        )
+        # Each refusal names the first argument that differs, in the existing
+        # queue's type's order; a value given on one side only shows its type.
         quorum = await _quorum_queue(conn, **{"x-delivery-limit": 5})
         await conn.declare_queue(
             quorum, durable=True, arguments={**_QUORUM, "x-delivery-limit": 5}
         )
         await conn.declare_queue(quorum, passive=True)
-        for arguments, text in (
+        limit = {"x-delivery-limit": 5}
+        refusals: list[tuple[str, Mapping[str, object], str, str]] = [
             (
-                {"x-delivery-limit": 5},
-                r"received none but current is the value 'quorum' of type 'longstr'$",
+                classic,
+                _QUORUM,
+                "x-queue-type",
+                "received the value 'quorum' of type 'longstr' but current is none",
             ),
             (
-                {"x-queue-type": "classic", "x-delivery-limit": 5},
-                r"received 'classic' but current is 'quorum'$",
+                quorum,
+                limit,
+                "x-queue-type",
+                "received none but current is the value 'quorum' of type 'longstr'",
             ),
-        ):
+            (
+                quorum,
+                {"x-queue-type": "classic", **limit},
+                "x-queue-type",
+                "received 'classic' but current is 'quorum'",
+            ),
+            # The type's own arguments are compared too.
+            (
+                quorum,
+                {**_QUORUM, "x-delivery-limit": 6},
+                "x-delivery-limit",
+                "received '6' but current is '5'",
+            ),
+            (
+                quorum,
+                _QUORUM,
+                "x-delivery-limit",
+                "received none but current is the value '5' of type 'byte'",
+            ),
+        ]
+        for queue, arguments, arg, text in refusals:
             await _assert_refused(
                 conn,
                 PreconditionFailed,
-                _inequivalent("x-queue-type", "queue", quorum) + ": " + text,
+                f"{_inequivalent(arg, 'queue', queue)}: {re.escape(text)}$",
                 functools.partial(
-                    conn.declare_queue, quorum, durable=True, arguments=arguments
+                    conn.declare_queue, queue, durable=True, arguments=arguments
                 ),
             )
-        # The type's own arguments are compared too.
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-delivery-limit", "queue", quorum)
-            + r": received '6' but current is '5'$",
-            lambda: conn.declare_queue(
-                quorum, durable=True, arguments={**_QUORUM, "x-delivery-limit": 6}
-            ),
-        )
-        await _assert_refused(
-            conn,
-            PreconditionFailed,
-            _inequivalent("x-delivery-limit", "queue", quorum)
-            + r": received none but current is the value '5' of type 'byte'$",
-            lambda: conn.declare_queue(quorum, durable=True, arguments=_QUORUM),
-        )
 
 
 @_check
