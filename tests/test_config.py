@@ -65,6 +65,8 @@ def test_defaults() -> None:
     assert config.logging_config is None
     assert config.max_message_size == 16 * 1024 * 1024
     assert config.max_json_depth == 100
+    assert config.queue_type == "classic"
+    assert config.quorum_delivery_limit == 20
     assert config.extra == {}
 
 
@@ -87,6 +89,8 @@ def test_an_empty_mapping_gives_the_defaults() -> None:
         ("LOGGING", "logging_config", {"version": 1}),
         ("MAX_MESSAGE_SIZE", "max_message_size", 1024),
         ("MAX_JSON_DEPTH", "max_json_depth", 20),
+        ("QUEUE_TYPE", "queue_type", "quorum"),
+        ("QUORUM_DELIVERY_LIMIT", "quorum_delivery_limit", 5),
     ],
 )
 def test_nameko_keys_set_their_attributes(key: str, attribute: str, value: Any) -> None:
@@ -228,6 +232,10 @@ def test_nameko_keys_trioevents_does_not_use_are_not_warned_about(
         ("LOGGING", "INFO"),
         ("MAX_MESSAGE_SIZE", 0),
         ("MAX_JSON_DEPTH", 1.5),
+        ("QUEUE_TYPE", "stream"),
+        ("QUEUE_TYPE", "Quorum"),
+        ("QUORUM_DELIVERY_LIMIT", 0),
+        ("QUORUM_DELIVERY_LIMIT", "20"),
     ],
 )
 def test_a_wrong_value_is_refused_naming_its_key(key: str, value: object) -> None:
@@ -403,7 +411,7 @@ def test_config_is_a_read_only_mapping_by_nameko_key() -> None:
         config["NOPE"]
     assert list(config)[:3] == ["AMQP_URI", "max_workers", "PREFETCH_COUNT"]
     assert list(config)[-1] == "SERVICE_IDENTIFIER"
-    assert len(config) == len(list(config.keys())) == 16
+    assert len(config) == len(list(config.keys())) == 18
     assert dict(config.items())["LOGGING"] is None
     assert not hasattr(config, "__setitem__")
     assert Config.from_mapping(config) == config

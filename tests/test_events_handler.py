@@ -18,7 +18,6 @@ from trioevents import (
     BROADCAST,
     SINGLETON,
     Backoff,
-    EventHandler,
     EventHandlerConfigurationError,
     HandlerTimeout,
     PreconditionFailed,
@@ -33,7 +32,14 @@ from .support.brokers import (
     queue_exists,
     take_all,
 )
-from .support.recording import Recorder, log_lines, problems, watch_log
+from .support.recording import (
+    Recorder,
+    StableBroadcast,
+    log_lines,
+    problems,
+    recording_service,
+    watch_log,
+)
 
 if TYPE_CHECKING:
     from trioevents.testing import HostFactory
@@ -57,21 +63,7 @@ async def ping(uri: str, *numbers: int) -> None:
 
 def pinged(service_name: str, **options: Any) -> type:
     """A service whose handler of ``src``/``ping`` records ``(name, payload["n"])``."""
-
-    class Service:
-        name = service_name
-
-        @event_handler(SOURCE, EVENT, **options)
-        async def handle(self, payload: dict[str, Any]) -> None:
-            recorder.record(self.name, payload["n"])
-
-    return Service
-
-
-class StableBroadcast(EventHandler):
-    @property
-    def broadcast_identifier(self) -> str:
-        return "node-7"
+    return recording_service(service_name, lambda: recorder, SOURCE, EVENT, **options)
 
 
 Pool = pinged("pool")
@@ -80,26 +72,16 @@ SingleA = pinged("single_a", handler_type=SINGLETON)
 SingleB = pinged("single_b", handler_type=SINGLETON)
 Cache = pinged("cache", handler_type=BROADCAST, reliable_delivery=False)
 Unreliable = pinged("unreliable", reliable_delivery=False)
-
-
-class Reliable:
-    """A reliable broadcast: its identifier is stable (``node-7``), not per start."""
-
-    name = "reliable"
-
-    @StableBroadcast.decorator(SOURCE, EVENT, handler_type=BROADCAST)
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
-
-
-class Exclusive:
-    name = "exclusive"
-
-    @StableBroadcast.decorator(
-        SOURCE, EVENT, handler_type=BROADCAST, reliable_delivery=False
-    )
-    async def handle(self, payload: dict[str, Any]) -> None:
-        recorder.record(self.name, payload["n"])
+#: A reliable broadcast: its identifier is stable (``node-7``), not per start.
+Reliable = pinged(
+    "reliable", decorator=StableBroadcast.decorator, handler_type=BROADCAST
+)
+Exclusive = pinged(
+    "exclusive",
+    decorator=StableBroadcast.decorator,
+    handler_type=BROADCAST,
+    reliable_delivery=False,
+)
 
 
 # --------------------------------------------------------------------- handler types

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trioevents import Backoff
+from trioevents import Backoff, EventHandlerConfigurationError, QueueType
 from trioevents._events._failure import Ack, DeadLetter, Requeue, Retry, decide
 from trioevents._events._topology import (
     BROADCAST,
@@ -14,6 +14,7 @@ from trioevents._events._topology import (
     dead_letter_queue,
     event_exchange_name,
     handler_queue,
+    handler_topology,
     retry_queue,
 )
 
@@ -78,6 +79,77 @@ def test_a_reliable_handler_keeps_its_dead_letter_queue() -> None:
         False,
         {},
     )
+
+
+def quorum_queue() -> QueueSpec:
+    return handler_queue(
+        "src",
+        "ev",
+        SERVICE_POOL,
+        "svc",
+        "meth",
+        reliable_delivery=True,
+        queue_type=QueueType.QUORUM,
+        delivery_limit=7,
+    )
+
+
+def test_a_quorum_handler_queue_dead_letters_past_its_delivery_limit() -> None:
+    queue = quorum_queue()
+    assert queue.name == "evt-src-ev--svc.meth"
+    assert (queue.durable, queue.auto_delete, queue.exclusive) == (True, False, False)
+    assert queue.queue_type is QueueType.QUORUM
+    assert queue.arguments == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 7,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "evt-src-ev--svc.meth.dlq",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def test_the_retry_and_dead_letter_queues_of_a_quorum_queue_are_quorum_too() -> None:
+    handler = quorum_queue()
+    assert retry_queue(handler, 5000).arguments == {
+        "x-queue-type": "quorum",
+        "x-message-ttl": 5000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "evt-src-ev--svc.meth",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    dlq = dead_letter_queue(handler)
+    assert (dlq.name, dlq.durable, dlq.auto_delete, dlq.arguments) == (
+        "evt-src-ev--svc.meth.dlq",
+        True,
+        False,
+        {"x-queue-type": "quorum"},
+    )
+
+
+def test_a_handler_topology_is_its_queue_then_its_dead_letter_and_retry_queues() -> (
+    None
+):
+    handler = quorum_queue()
+    names = [spec.name for spec in handler_topology(handler, [100, 300, 100])]
+    base = "evt-src-ev--svc.meth"
+    assert names == [base, f"{base}.dlq", f"{base}.retry.100", f"{base}.retry.300"]
+
+
+@pytest.mark.parametrize("handler_type", [SERVICE_POOL, SINGLETON, BROADCAST])
+def test_a_quorum_queue_needs_reliable_delivery(handler_type: object) -> None:
+    with pytest.raises(EventHandlerConfigurationError, match="reliable_delivery"):
+        handler_queue(
+            "src",
+            "ev",
+            handler_type,  # type: ignore[arg-type]
+            "svc",
+            "meth",
+            reliable_delivery=False,
+            broadcast_identifier="b1",
+            queue_type=QueueType.QUORUM,
+        )
 
 
 # ------------------------------------------------------------ failure policy

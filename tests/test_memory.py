@@ -132,7 +132,7 @@ def _package_imports(source: str) -> set[str]:
 
 def test_the_package_imports_only_downward() -> None:
     """Each module imports only those above it, under TYPE_CHECKING too: no circle."""
-    layers = ["_routing", "_model", "_consumer", "_transport"]
+    layers = ["_routing", "_queuetypes", "_model", "_consumer", "_transport"]
     package = pathlib.Path(trioevents._memory.__file__).parent
     assert sorted(p.stem for p in package.glob("_*.py") if p.stem != "__init__") == (
         sorted(layers)

@@ -13,6 +13,7 @@ from ._events import (
     EventDispatcher as EventDispatcher,
     EventHandler as EventHandler,
     HandlerType as HandlerType,
+    QueueType as QueueType,
     event_handler as event_handler,
 )
 from ._exceptions import (
@@ -108,6 +109,7 @@ __all__ = [
     "PublishNotConfirmed",
     "Publisher",
     "QueueDeclared",
+    "QueueType",
     "RemoteProtocolError",
     "ResourceLocked",
     "SerializationError",

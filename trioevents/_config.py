@@ -29,6 +29,8 @@ config key                attribute                 default
 ``LOGGING``               ``logging_config``        ``None``
 ``MAX_MESSAGE_SIZE``      ``max_message_size``      16 MiB
 ``MAX_JSON_DEPTH``        ``max_json_depth``        ``100``
+``QUEUE_TYPE``            ``queue_type``            ``"classic"`` (or ``"quorum"``)
+``QUORUM_DELIVERY_LIMIT`` ``quorum_delivery_limit`` ``20`` redeliveries
 ========================  ========================  =======================================
 
 nameko spells ``serializer`` and ``parent_calls_tracked`` in lower case;
@@ -251,6 +253,12 @@ def _check_logging(value: Any) -> str | None:
     return "null or a logging.config.dictConfig mapping (version: 1)"
 
 
+def _check_queue_type(value: Any) -> str | None:
+    if isinstance(value, str) and value in ("classic", "quorum"):
+        return None
+    return "'classic' or 'quorum'"
+
+
 def _is_str_mapping(value: object) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
 
@@ -374,6 +382,15 @@ class Config(Mapping[str, Any]):
         ``MAX_MESSAGE_SIZE``: the largest body sent or accepted, in bytes.
     max_json_depth
         ``MAX_JSON_DEPTH``: how deeply JSON arrays and objects may nest.
+    queue_type
+        ``QUEUE_TYPE``: the type of the queues of reliable handlers (and of their
+        retry and dead-letter queues): ``"classic"``, or ``"quorum"`` for
+        queues replicated across a RabbitMQ cluster. A handler's ``queue_type=``
+        overrides it; handlers without ``reliable_delivery`` stay classic.
+    quorum_delivery_limit
+        ``QUORUM_DELIVERY_LIMIT``: how many times a quorum queue redelivers a
+        message (``x-delivery-limit``) before it moves it to the dead-letter
+        queue, whatever the handler's ``requeue_on_error``.
     extra
         Every other key, as given: application settings (nameko services keep
         theirs in the same file) and nameko keys trioevents does not use.
@@ -394,6 +411,8 @@ class Config(Mapping[str, Any]):
     logging_config: Mapping[str, Any] | None = _mapping_field(None, _check_logging)
     max_message_size: int = _field(16 * _MIB, _int_at_least(1))
     max_json_depth: int = _field(100, _int_at_least(1))
+    queue_type: str = _field("classic", _check_queue_type)
+    quorum_delivery_limit: int = _field(20, _int_at_least(1))
     extra: Mapping[str, Any] = _mapping_field(dict)
 
     def __attrs_post_init__(self) -> None:
@@ -653,6 +672,8 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "logging_config": "LOGGING",
     "max_message_size": "MAX_MESSAGE_SIZE",
     "max_json_depth": "MAX_JSON_DEPTH",
+    "queue_type": "QUEUE_TYPE",
+    "quorum_delivery_limit": "QUORUM_DELIVERY_LIMIT",
 }
 #: nameko key -> attribute: the keys a :class:`Config` mapping holds.
 _ATTRIBUTE_BY_KEY: dict[str, str] = {

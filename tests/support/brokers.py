@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioevents import MemoryTransport, NotFound, ServiceHost
+from trioevents import MemoryTransport, NotFound, QueueType, ServiceHost
 from trioevents._events._topology import QueueSpec, dead_letter_queue
 from trioevents._host import transport_for_uri
 from trioevents.testing import FlakyTransport
@@ -73,15 +73,23 @@ async def take_all(uri: str, queue: str) -> list[Delivery]:
 
 
 async def dead_letters(
-    uri: str, queue: str, count: int = 1, *, auto_delete: bool = False
+    uri: str,
+    queue: str,
+    count: int = 1,
+    *,
+    auto_delete: bool = False,
+    queue_type: QueueType = QueueType.CLASSIC,
 ) -> list[Delivery]:
     """Wait for *count* messages in the dead-letter queue of *queue*; take them.
 
     The dead-letter queue is declared as the host declares it (the topology's
-    :func:`~trioevents._events._topology.dead_letter_queue`; *auto_delete*: the
-    handler queue's flag), so this may run before the host needs it.
+    :func:`~trioevents._events._topology.dead_letter_queue`; *auto_delete* and
+    *queue_type*: the handler queue's), so this may run before the host needs it.
     """
-    spec = dead_letter_queue(QueueSpec(queue, auto_delete=auto_delete))
+    handler = QueueSpec(
+        queue, auto_delete=auto_delete, arguments={"x-queue-type": queue_type.value}
+    )
+    spec = dead_letter_queue(handler)
     async with connect(uri) as connection:
         await spec.declare(connection)
         async with connection.open_consumer(spec.name) as consumer:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioevents import DependencyProvider, WorkerContext
+from trioevents import DependencyProvider, EventHandler, WorkerContext, event_handler
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import pytest
 
@@ -41,6 +41,40 @@ class Recorder:
             while len(self.calls) < count:
                 await self._changed.wait()
         return self.calls
+
+
+class StableBroadcast(EventHandler):
+    """A handler whose ``broadcast_identifier`` stays ``node-7`` across starts."""
+
+    @property
+    def broadcast_identifier(self) -> str:
+        return "node-7"
+
+
+def recording_service(
+    service_name: str,
+    recorder: Callable[[], Recorder],
+    source: str,
+    event_type: str,
+    *,
+    decorator: Callable[..., Callable[[Any], Any]] = event_handler,
+    **options: Any,
+) -> type:
+    """A service whose ``handle`` of *source*'s *event_type* records its payload.
+
+    It records ``(service_name, payload["n"])`` in ``recorder()`` (called at each
+    event: the test module's current recorder). *decorator* and *options* make
+    the handler (``StableBroadcast.decorator`` for a reliable broadcast).
+    """
+
+    class Service:
+        name = service_name
+
+        @decorator(source, event_type, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder().record(self.name, payload["n"])
+
+    return Service
 
 
 class WorkerCtx(DependencyProvider[WorkerContext]):

@@ -22,6 +22,7 @@ from ._topology import (
     SERVICE_POOL as SERVICE_POOL,
     SINGLETON as SINGLETON,
     HandlerType as HandlerType,
+    QueueType as QueueType,
     event_exchange_name as event_exchange_name,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "EventDispatcher",
     "EventHandler",
     "HandlerType",
+    "QueueType",
     "event_exchange_name",
     "event_handler",
 ]

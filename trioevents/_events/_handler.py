@@ -21,6 +21,7 @@ from .._exceptions import (
     ChannelClosedByBroker,
     ConsumerCancelled,
     EventHandlerConfigurationError,
+    PreconditionFailed,
     ResourceLocked,
     SerializationError,
 )
@@ -29,7 +30,16 @@ from .._observe import HandledEvent, Outcome, observe
 from ._failure import decide
 from ._outcome import HandlerSite, carry_out, event_type_of
 from ._retry import Backoff, attempts_so_far, check_combination
-from ._topology import HandlerType, QueueSpec, declare_event_exchange, handler_queue
+from ._topology import (
+    QUORUM_NEEDS_RELIABLE_DELIVERY,
+    HandlerType,
+    QueueSpec,
+    QueueType,
+    declare_event_exchange,
+    explain_refused_declare,
+    handler_queue,
+    handler_topology,
+)
 
 if TYPE_CHECKING:
     from .. import abc
@@ -72,12 +82,19 @@ class EventHandler(Entrypoint):
     timeout
         Seconds the handler may run; past that it is cancelled and fails with
         :class:`~trioevents.HandlerTimeout` (then handled like any error).
+    queue_type
+        ``"classic"`` or ``"quorum"`` (or a :class:`~trioevents.QueueType`): the
+        type of the handler's queue and of its retry and dead-letter queues.
+        ``None`` (default) follows the config's ``QUEUE_TYPE`` for a reliable
+        handler; a handler without *reliable_delivery* is always classic. See
+        :doc:`cluster`.
 
     Raises
     ------
     EventHandlerConfigurationError
         ``BROADCAST`` with ``reliable_delivery=True`` and the default
-        :attr:`broadcast_identifier`, or an invalid option.
+        :attr:`broadcast_identifier`, ``queue_type="quorum"`` without
+        *reliable_delivery*, or an invalid option.
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class EventHandler(Entrypoint):
         *,
         retry: Backoff | None = None,
         timeout: float | None = None,
+        queue_type: QueueType | str | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs:
@@ -141,6 +159,7 @@ class EventHandler(Entrypoint):
         self.event_type = event_type
         self.reliable_delivery = bool(reliable_delivery)
         self.requeue_on_error = requeue_on_error
+        self.queue_type = _checked_queue_type(queue_type, self.reliable_delivery)
         if (
             self.handler_type is HandlerType.BROADCAST
             and self.reliable_delivery
@@ -175,6 +194,22 @@ class EventHandler(Entrypoint):
     @property
     def queue(self) -> QueueSpec:
         """The queue this handler consumes: name, flags and arguments."""
+        return self._queue_of(self.effective_queue_type)
+
+    @property
+    def effective_queue_type(self) -> QueueType:
+        """The type of the handler's queues, from its ``queue_type`` or the config.
+
+        Without ``queue_type``, the config's ``QUEUE_TYPE``; a handler without
+        ``reliable_delivery`` is always classic.
+        """
+        if self.queue_type is not None:
+            return self.queue_type
+        if not self.reliable_delivery:
+            return QueueType.CLASSIC
+        return QueueType(self.service.config.queue_type)
+
+    def _queue_of(self, queue_type: QueueType) -> QueueSpec:
         return handler_queue(
             self.source_service,
             self.event_type,
@@ -183,6 +218,8 @@ class EventHandler(Entrypoint):
             self.method_name,
             reliable_delivery=self.reliable_delivery,
             broadcast_identifier=self.broadcast_identifier,
+            queue_type=queue_type,
+            delivery_limit=self.service.config.quorum_delivery_limit,
         )
 
     @property
@@ -279,9 +316,34 @@ class EventHandler(Entrypoint):
         return f"{self.service_name}.{self.method_name}"
 
     async def _declare(self, connection: abc.Connection) -> QueueSpec:
+        """Declare the exchange and the queue, and bind it.
+
+        A quorum queue's dead-letter and retry queues are declared with it (see
+        :func:`~._topology.handler_topology`); a classic queue's when first needed.
+
+        Raises
+        ------
+        EventHandlerConfigurationError
+            A queue exists as the other type (or with another delivery limit),
+            with what to do about it.
+        """
         queue = self.queue
         exchange = await declare_event_exchange(connection, self.source_service)
-        await queue.declare(connection)
+        queues = handler_topology(queue, _retry_delays_ms(self.retry))
+        if queue.queue_type is QueueType.CLASSIC:
+            queues = queues[:1]
+        for index, spec in enumerate(queues):
+            try:
+                await spec.declare(connection)
+            except PreconditionFailed as exc:
+                problem = await explain_refused_declare(
+                    connection, spec, self._twin(spec, index), exc, handler=queue.name
+                )
+                if problem is None:
+                    raise
+                raise EventHandlerConfigurationError(
+                    f"{self._where}: {problem}"
+                ) from exc
         await connection.bind_queue(queue.name, exchange, self.event_type)
         logger.info(
             "declared queue %r, bound to %r by %r",
@@ -290,6 +352,21 @@ class EventHandler(Entrypoint):
             self.event_type,
         )
         return queue
+
+    def _twin(self, spec: QueueSpec, index: int) -> QueueSpec | None:
+        """*spec*, the *index*-th queue declared, as the other queue type has it.
+
+        ``None`` for a handler without reliable delivery: it has one type only.
+        """
+        if not self.reliable_delivery:
+            return None
+        other = (
+            QueueType.QUORUM
+            if spec.queue_type is QueueType.CLASSIC
+            else QueueType.CLASSIC
+        )
+        twins = handler_topology(self._queue_of(other), _retry_delays_ms(self.retry))
+        return twins[index]
 
     def _new_exclusive_queue(self, exc: ResourceLocked) -> bool:
         """Handle RESOURCE_LOCKED on our exclusive queue; return whether to retry now.
@@ -472,6 +549,31 @@ class EventHandler(Entrypoint):
         return outcome, worker.exception, worker.worker_ctx
 
 
+def _retry_delays_ms(retry: Backoff | None) -> list[int]:
+    """The delays of *retry*, in milliseconds: one retry queue each."""
+    if retry is None:
+        return []
+    delays = (retry.delay_ms(attempt) for attempt in range(1, retry.max_attempts))
+    return [delay for delay in delays if delay is not None]
+
+
+def _checked_queue_type(
+    queue_type: QueueType | str | None, reliable_delivery: bool
+) -> QueueType | None:
+    """Return *queue_type* as a :class:`QueueType`; refuse what cannot be."""
+    if queue_type is None:
+        return None
+    try:
+        checked = QueueType(queue_type)
+    except ValueError:
+        raise EventHandlerConfigurationError(
+            f"unknown queue_type {queue_type!r}; use 'classic' or 'quorum'"
+        ) from None
+    if checked is QueueType.QUORUM and not reliable_delivery:
+        raise EventHandlerConfigurationError(QUORUM_NEEDS_RELIABLE_DELIVERY)
+    return checked
+
+
 def _consumer_timeout_advice(exc: ChannelClosedByBroker) -> str:
     """Say what to change when RabbitMQ's ``consumer_timeout`` closed the channel."""
     if exc.reply_code == 406 and "acknowledgement" in exc.reply_text:
@@ -532,14 +634,15 @@ def event_handler(*args: Any, **kwargs: Any) -> Callable[[F], F]:
     must be ``async def`` and take the event payload as its argument; annotate it
     with an attrs class or dataclass to get the payload structured by cattrs. It
     takes the parameters of :class:`EventHandler` (``handler_type``,
-    ``reliable_delivery``, ``requeue_on_error``, ``retry``, ``timeout``), which
-    describes each, and is ``EventHandler.decorator``.
+    ``reliable_delivery``, ``requeue_on_error``, ``retry``, ``timeout``,
+    ``queue_type``), which describes each, and is ``EventHandler.decorator``.
 
     Raises
     ------
     EventHandlerConfigurationError
         ``BROADCAST`` with ``reliable_delivery=True`` and the default identifier,
-        or an invalid option.
+        ``queue_type="quorum"`` without ``reliable_delivery``, or an invalid
+        option.
     """
     decorate: Callable[[F], F] = EventHandler.decorator(*args, **kwargs)
     return decorate

@@ -133,9 +133,10 @@ async def carry_out(
         case Requeue():
             logger.error(
                 "error handling event %r from %r in %s (message id %s, call id "
-                "%s); requeued",
+                "%s); requeued%s",
                 *event,
                 call_id,
+                _past_delivery_limit(delivery, site.queue),
                 exc_info=exc_info,
             )
             await settle(delivery, requeue=True, reject=True)
@@ -199,6 +200,23 @@ async def carry_out(
             return await _copy_then_ack(
                 delivery, site, dlq, error, attempt, Outcome.DEAD_LETTER
             )
+
+
+def _past_delivery_limit(delivery: Delivery, queue: QueueSpec) -> str:
+    """Say so if requeueing *delivery* makes its quorum queue dead-letter it.
+
+    The queue's ``x-delivery-limit`` is a backstop: once a message was
+    redelivered that many times (``x-delivery-count``), the next return moves it
+    to the queue's dead-letter target instead.
+    """
+    limit = queue.arguments.get("x-delivery-limit")
+    count = (delivery.properties.headers or {}).get("x-delivery-count", 0)
+    if not isinstance(limit, int) or not isinstance(count, int) or count < limit:
+        return ""
+    return (
+        f", but it was redelivered {count} times, the queue's delivery limit: the "
+        f"broker moves it to {dead_letter_queue(queue).name!r} instead"
+    )
 
 
 async def _copy_then_ack(

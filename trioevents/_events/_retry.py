@@ -10,7 +10,8 @@ The queues are in :mod:`._topology`. For a handler queue ``Q``:
   exhausted, an error the policy does not retry, an undecodable payload), with
   their original body and headers plus ``x-trioevents-*`` headers saying why.
 
-Both are declared when first needed, so a healthy service has neither.
+Both are declared when first needed, so a healthy service has neither (on
+quorum queues they are declared with the handler queue: see :mod:`._topology`).
 """
 
 from __future__ import annotations

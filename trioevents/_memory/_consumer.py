@@ -89,8 +89,11 @@ class MemoryConsumer(abc.Consumer):
         tag = next(self._tags)
         self._unsettled[tag] = (queue, msg)
         props = msg.properties
-        if props.headers:
-            props = attrs.evolve(props, headers=copy_table(props.headers))
+        if props.headers or msg.delivery_count:
+            headers = copy_table(props.headers) if props.headers else {}
+            if msg.delivery_count:  # a quorum queue's count of earlier returns
+                headers["x-delivery-count"] = msg.delivery_count
+            props = attrs.evolve(props, headers=headers)
         self._buffer.append(
             Delivery(
                 delivery_tag=tag,

@@ -25,6 +25,7 @@ import trio
 from .._exceptions import PreconditionFailed
 from .._fieldtable import copy_table
 from .._message import ExchangeType
+from ._queuetypes import QUORUM, check_new_queue
 from ._routing import Exchange
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Message:
 
     __slots__ = (
         "body",
+        "delivery_count",
         "exchange",
         "expires_at",
         "properties",
@@ -77,6 +79,8 @@ class Message:
         self.body = body
         self.expires_at = expires_at
         self.redelivered = False
+        #: How many times a quorum queue took it back (``x-delivery-count``).
+        self.delivery_count = 0
 
     def __lt__(self, other: Message) -> bool:  # for the requeue heap
         return self.seq < other.seq
@@ -132,10 +136,16 @@ def _str_arg(arguments: Mapping[str, Any], key: str, queue: str) -> str | None:
 class Queue:
     """A queue: its ready messages in order, its consumers and its limits.
 
+    A classic queue puts a requeued message back at its original position; a
+    quorum queue (``x-queue-type``) puts it at the back, counts each return in
+    the message's ``x-delivery-count`` and, past ``x-delivery-limit`` returns,
+    dead-letters it (reason ``delivery_limit``) or drops it.
+
     Raises
     ------
     PreconditionFailed
-        An argument (``x-message-ttl``, ``x-overflow``, ...) has an invalid value.
+        An argument (``x-message-ttl``, ``x-overflow``, ...) has an invalid value,
+        or the queue type refuses an argument or a flag (see :mod:`._queuetypes`).
     """
 
     broker: Broker
@@ -152,9 +162,14 @@ class Queue:
     max_length_bytes: int | None = None
     overflow: str = "drop-head"
     expires: int | None = None
-    #: Messages never delivered, in order (all newer than any requeued one).
+    #: ``"classic"`` or ``"quorum"``.
+    queue_type: str = "classic"
+    #: Returns a quorum queue allows before it dead-letters (``x-delivery-limit``).
+    delivery_limit: float | None = None
+    #: Messages never delivered, in order (all newer than any requeued one); on a
+    #: quorum queue also the requeued ones, at the back.
     fresh: deque[Message] = attrs.Factory(deque)
-    #: Requeued messages, a heap ordered by original position.
+    #: Requeued messages of a classic queue, a heap ordered by original position.
     requeued: list[Message] = attrs.Factory(list)
     ready_bytes: int = 0
     consumers: list[Subscriber] = attrs.Factory(list)
@@ -166,6 +181,17 @@ class Queue:
 
     def __attrs_post_init__(self) -> None:
         args, name = self.arguments, self.name
+        self.queue_type = check_new_queue(
+            name,
+            durable=self.durable,
+            auto_delete=self.auto_delete,
+            exclusive=self.exclusive_owner is not None,
+            arguments=args,
+        )
+        limit = args.get("x-delivery-limit")
+        # RabbitMQ takes any value; only a number ever limits anything.
+        if isinstance(limit, int | float) and not isinstance(limit, bool):
+            self.delivery_limit = limit
         self.dlx = _str_arg(args, "x-dead-letter-exchange", name)
         self.dlrk = _str_arg(args, "x-dead-letter-routing-key", name)
         self.message_ttl = _int_arg(args, "x-message-ttl", name)
@@ -284,11 +310,19 @@ class Queue:
             self.broker.dead_letter(self, self._pop_head(), "maxlen")
 
     def requeue(self, msg: Message) -> None:
-        """Put *msg* back at its original position, marked redelivered."""
+        """Take *msg* back, marked redelivered (see the class docstring for where)."""
         if self.deleted:
             return
         msg.redelivered = True
-        heapq.heappush(self.requeued, msg)
+        if self.queue_type == QUORUM:
+            msg.delivery_count += 1
+            limit = self.delivery_limit
+            if limit is not None and msg.delivery_count > limit:
+                self.broker.dead_letter(self, msg, "delivery_limit")
+                return
+            self.fresh.append(msg)
+        else:
+            heapq.heappush(self.requeued, msg)
         self.ready_bytes += len(msg.body)
         if msg.expires_at != _INF:
             self.broker.note_deadline(self, msg.expires_at)

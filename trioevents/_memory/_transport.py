@@ -12,7 +12,7 @@ import base64
 import itertools
 import os
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 import trio
@@ -39,6 +39,12 @@ from .._validation import (
 )
 from ._consumer import MemoryConsumer
 from ._model import get_broker
+from ._queuetypes import (
+    compared_arguments,
+    equivalent,
+    inequivalent,
+    server_named_refusal,
+)
 from ._routing import Exchange
 
 if TYPE_CHECKING:
@@ -48,20 +54,6 @@ if TYPE_CHECKING:
     from ._model import Broker, Queue
 
 __all__ = ["MemoryConnection", "MemoryTransport"]
-
-#: Queue arguments whose values must be equal when a queue is declared again.
-_CHECKED_QUEUE_ARGS: Final = (
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-message-ttl",
-    "x-overflow",
-    "x-queue-mode",
-    "x-queue-type",
-)
 
 
 def _random_token() -> str:
@@ -279,6 +271,9 @@ class MemoryConnection(abc.Connection):
             )
         elif queue is None:
             if not name:
+                refusal = server_named_refusal(args)
+                if refusal is not None:
+                    raise refusal
                 name = f"amq.gen-{_random_token()}"
             queue = broker.add_queue(
                 name,
@@ -304,15 +299,10 @@ class MemoryConnection(abc.Connection):
                         f"'{name}' in vhost '/': received '{_flag(got)}' but current "
                         f"is '{_flag(have)}'",
                     )
-            for key in _CHECKED_QUEUE_ARGS:
+            for key in compared_arguments(queue.queue_type):
                 got_arg, have_arg = args.get(key), queue.arguments.get(key)
-                if got_arg != have_arg:
-                    raise PreconditionFailed(
-                        406,
-                        f"PRECONDITION_FAILED - inequivalent arg '{key}' for queue "
-                        f"'{name}' in vhost '/': received {got_arg!r} but current is "
-                        f"{have_arg!r}",
-                    )
+                if not equivalent(key, got_arg, have_arg):
+                    raise inequivalent(key, name, got_arg, have_arg)
             queue.last_used = now
         await trio.lowlevel.cancel_shielded_checkpoint()
         return QueueDeclared(queue.name, len(queue), len(queue.consumers))

@@ -17,8 +17,8 @@ real time on RabbitMQ. The few time-dependent checks use TTLs of 100-300 ms and
 assert lower bounds only.
 
 The checks live in one module per section: ``_exchanges``, ``_queues``,
-``_routing``, ``_publishing``, ``_consuming``, ``_dead_letters`` and
-``_bad_input``. Each marks its checks ``@_check`` (``_registry``, which also runs
+``_routing``, ``_publishing``, ``_consuming``, ``_dead_letters``,
+``_queue_types`` and ``_bad_input``. Each marks its checks ``@_check`` (``_registry``, which also runs
 them) and builds them from the helpers in ``_support``. A new check goes into its
 section's module as ``async def check_<what it checks>(make_transport)``.
 
@@ -50,6 +50,16 @@ Every expectation was measured on RabbitMQ 3.10.8. The surprising facts:
 * The default exchange works as a dead-letter exchange (with
   ``x-dead-letter-routing-key`` naming the queue); a DLX that does not exist
   drops the message silently.
+* A quorum queue (``x-queue-type``) must be durable, not exclusive, not
+  auto-delete and not server-named (406); each type refuses the other's
+  arguments; a redeclare with the other type is 406 ``inequivalent arg
+  'x-queue-type'`` (or the first other argument that differs, in the existing
+  type's own order). A value given on one side only is shown with its AMQP type
+  (``received the value 'quorum' of type 'longstr' but current is none``).
+* A quorum queue puts a requeued message at the back, counts every return
+  (nack, reject, a closed consumer) in ``x-delivery-count`` (absent on the first
+  delivery), and past ``x-delivery-limit`` returns dead-letters it (reason
+  ``delivery_limit``, the count not kept) or drops it.
 * RabbitMQ itself refuses ``expiration="abc"`` or ``"-5"`` and ``delivery_mode=3``
   (406), and a ``user_id`` other than the connection's user (406), so the
   round-trip check leaves ``user_id`` out.
@@ -63,6 +73,7 @@ from . import (
     _dead_letters,
     _exchanges,
     _publishing,
+    _queue_types,
     _queues,
     _routing,
 )
@@ -82,5 +93,6 @@ _SECTIONS = (
     _publishing,
     _consuming,
     _dead_letters,
+    _queue_types,
     _bad_input,
 )
