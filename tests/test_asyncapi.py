@@ -33,6 +33,7 @@ from trioevents import (
     BROADCAST,
     SINGLETON,
     Backoff,
+    Config,
     ConfigurationError,
     EventDispatcher,
     EventHandler,
@@ -739,6 +740,7 @@ def test_a_receive_says_how_the_handler_takes_events(
         "handlerType": "service_pool",
         "reliableDelivery": True,
         "queue": "evt-orders-order_placed--billing.charge",
+        "queueType": "classic",
         "requeueOnError": False,
         "deadLetterQueue": "evt-orders-order_placed--billing.charge.dlq",
         "retry": {"delays": [1.0, 5.0], "retryOn": ["Exception"]},
@@ -1020,3 +1022,15 @@ def test_the_docs_quote_the_shops_document() -> None:
     whole = _shop_document()
     for excerpt in excerpts:
         assert _is_part_of(excerpt, whole), excerpt
+
+
+def test_handlers_follow_the_configured_queue_type() -> None:
+    """QUEUE_TYPE: quorum makes reliable handlers' queues quorum; others stay classic."""
+    quorum = asyncapi_document(SERVICES, config=Config(queue_type="quorum"))
+    charge = _receive(quorum, "receive.billing.charge")["x-trioevents"]
+    assert (charge["queueType"], charge["deliveryLimit"]) == ("quorum", 20)
+    unreliable = _receive(quorum, "receive.audit.everything.orders.ping")[
+        "x-trioevents"
+    ]
+    assert unreliable["queueType"] == "classic"
+    assert "deliveryLimit" not in unreliable

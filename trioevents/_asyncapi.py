@@ -27,8 +27,14 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 from ._codec import PayloadCodec
+from ._config import Config
 from ._events import EventDispatcher, EventHandler, HandlerType
-from ._events._topology import dead_letter_queue, event_exchange_name, handler_queue
+from ._events._topology import (
+    QueueType,
+    dead_letter_queue,
+    event_exchange_name,
+    handler_queue,
+)
 from ._extensions import entrypoints_of
 from ._schema import SchemaBuilder, component_key, type_label
 from ._serialization import JSON_CONTENT_ENCODING, JSON_CONTENT_TYPE
@@ -71,6 +77,7 @@ def asyncapi_document(
     version: str = "1.0.0",
     description: str | None = None,
     uri: str | None = None,
+    config: Config | None = None,
 ) -> dict[str, Any]:
     """Describe the events of *services* as an AsyncAPI 3.0 document.
 
@@ -95,6 +102,10 @@ def asyncapi_document(
     uri
         An ``AMQP_URI``: each RabbitMQ address becomes a server (its password
         left out); ``memory://`` and ``None`` give no servers.
+    config
+        The services' configuration: its ``QUEUE_TYPE`` and
+        ``QUORUM_DELIVERY_LIMIT`` decide the queues of handlers that do not set
+        ``queue_type`` (default: classic queues).
 
     Returns
     -------
@@ -108,7 +119,7 @@ def asyncapi_document(
         A class has no ``name``, a handler's payload annotation cannot be
         resolved or structured, or *uri* is not an ``AMQP_URI``.
     """
-    document = _Document(uri)
+    document = _Document(uri, config if config is not None else Config())
     names: list[str] = []
     undeclared: list[str] = []
     for cls in services:
@@ -156,7 +167,8 @@ def _summary(names: list[str], undeclared: list[str]) -> str:
 class _Document:
     """The parts of one document, filled service by service."""
 
-    def __init__(self, uri: str | None) -> None:
+    def __init__(self, uri: str | None, config: Config) -> None:
+        self.config = config
         self.schemas = SchemaBuilder()
         self.schemas.add(HEADERS_SCHEMA, _context_headers_schema())
         self.codec = PayloadCodec()
@@ -212,7 +224,7 @@ class _Document:
         annotation = self.codec.payload_annotation(cls, method)
         channel_id = self._channel(source, event_type)
         message = self._message(channel_id, source, event_type, annotation)
-        queue = _handler_queue(handler, service, method)
+        queue = _handler_queue(handler, service, method, self.config)
         reliable = handler.reliable_delivery
         keeping = (
             "The queue outlives its consumers: events dispatched while no handler "
@@ -371,7 +383,9 @@ def _unique(key: str, taken: Mapping[str, object]) -> str:
     return f"{key}_{number}"
 
 
-def _handler_queue(handler: EventHandler, service: str, method: str) -> QueueSpec:
+def _handler_queue(
+    handler: EventHandler, service: str, method: str, config: Config
+) -> QueueSpec:
     """The queue *handler* consumes; a per-start identifier as a placeholder."""
     identifier = BROADCAST_PLACEHOLDER
     overridden = type(handler).broadcast_identifier is not (
@@ -392,7 +406,18 @@ def _handler_queue(handler: EventHandler, service: str, method: str) -> QueueSpe
         method,
         reliable_delivery=handler.reliable_delivery,
         broadcast_identifier=identifier,
+        queue_type=_queue_type(handler, config),
+        delivery_limit=config.quorum_delivery_limit,
     )
+
+
+def _queue_type(handler: EventHandler, config: Config) -> QueueType:
+    """The handler's own queue type, else the config's (non-reliable: classic)."""
+    if handler.queue_type is not None:
+        return handler.queue_type
+    if not handler.reliable_delivery:
+        return QueueType.CLASSIC
+    return QueueType(config.queue_type)
 
 
 def _handler_extension(
@@ -405,11 +430,15 @@ def _handler_extension(
         "handlerType": handler.handler_type.value,
         "reliableDelivery": handler.reliable_delivery,
         "queue": queue.name,
+        "queueType": queue.queue_type.value,
         "requeueOnError": requeue
         if isinstance(requeue, bool)
         else [error.__name__ for error in requeue],
         "deadLetterQueue": dead_letter_queue(queue).name,
     }
+    limit = queue.arguments.get("x-delivery-limit")
+    if limit is not None:
+        extension["deliveryLimit"] = limit
     if handler.retry is not None:
         extension["retry"] = {
             "delays": list(handler.retry.delays),

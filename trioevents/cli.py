@@ -479,6 +479,7 @@ def _asyncapi(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         title=args.title,
         version=args.api_version,
         uri=loaded.config.amqp_uri,
+        config=loaded.config,
     )
     output = None if args.output in (None, "-") else pathlib.Path(args.output)
     json_wanted = output is not None and output.suffix.lower() == ".json"
