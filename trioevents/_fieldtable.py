@@ -74,6 +74,8 @@ def shortstr_problem(value: object, what: str) -> str | None:
 
 def check_shortstr(value: object, what: str) -> str:
     """Return *value* if it is an AMQP short string; else raise InvalidRequest."""
+    if type(value) is str and len(value) <= SHORTSTR_MAX and value.isascii():
+        return value  # the common case, without encoding it
     problem = shortstr_problem(value, what)
     if problem is not None:
         raise InvalidRequest(problem)

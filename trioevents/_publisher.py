@@ -172,6 +172,8 @@ class Publisher:
         self._connection: abc.Connection | None = None
         #: Exchanges declared on that connection.
         self._declared: set[str] = set()
+        #: Requests sent into the channel and not received by a task yet.
+        self._queued = 0
 
     @property
     def codec(self) -> PayloadCodec:
@@ -280,7 +282,7 @@ class Publisher:
         timeout = self._timeout if self._timeout is not None else math.inf
         deadline = trio.current_time() + timeout
         connection = self._connection
-        if connection is not None and not self._pending and not self._backlog():
+        if connection is not None and not self._backlog():
             # The fast path: the caller publishes on the connection itself (a
             # publish is framed whole before any await, so a cancelled caller
             # leaves no half-sent frame); only a lost connection sends the
@@ -300,6 +302,7 @@ class Publisher:
             # while waiting for the confirm: abandoned unless already sent.
             with trio.move_on_at(deadline) as scope:
                 await self._send.send(request)
+                self._queued += 1
                 await request.done.wait()
         finally:
             if not request.done.is_set():
@@ -315,7 +318,7 @@ class Publisher:
 
     def _backlog(self) -> int:
         """How many requests wait in the queue for a publishing task."""
-        return self._receive.statistics().current_buffer_used
+        return len(self._pending) + self._queued
 
     async def _publish_on(
         self,
@@ -363,7 +366,11 @@ class Publisher:
     async def _publish_loop(self, connection: abc.Connection) -> None:
         pending = self._pending
         while True:
-            request = pending.popleft() if pending else await self._receive.receive()
+            if pending:
+                request = pending.popleft()
+            else:
+                request = await self._receive.receive()
+                self._queued -= 1
             if request.abandoned:
                 continue
             try:
@@ -402,6 +409,7 @@ class Publisher:
                 waiting.append(self._receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
+            self._queued -= 1
         for request in waiting:
             if not request.done.is_set():
                 request.error = error

@@ -562,7 +562,7 @@ def decode_payload(
 
 
 def _check_content_type(content_type: str | None) -> None:
-    if not content_type:
+    if not content_type or content_type == JSON_CONTENT_TYPE:
         return
     media_type, *params = content_type.split(";")
     if media_type.strip().lower() != JSON_CONTENT_TYPE:
@@ -582,6 +582,8 @@ def _check_content_type(content_type: str | None) -> None:
 
 
 def _check_content_encoding(content_encoding: str | None) -> None:
+    if content_encoding == JSON_CONTENT_ENCODING:
+        return
     if content_encoding and content_encoding.strip().lower() not in _UTF8_NAMES:
         raise ValueError(
             f"unsupported content encoding {content_encoding!r}: trioevents reads "

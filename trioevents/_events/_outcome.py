@@ -113,6 +113,9 @@ async def carry_out(
     call_id
         The worker's call id (``None`` if no worker ran).
     """
+    if error is None and type(decision) is Ack:
+        await settle(delivery)  # the common case: nothing to log
+        return Outcome.ACK
     props = delivery.properties
     event = (event_type_of(delivery), site.source_service, site.where, props.message_id)
     exc_info = None if error is None else (type(error), error, error.__traceback__)
