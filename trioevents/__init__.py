@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from ._codec import PayloadCodec as PayloadCodec
 from ._config import Config as Config
+from ._dlq import (
+    DeadLetter as DeadLetter,
+    DeadLetterListing as DeadLetterListing,
+    DeadLetterQueue as DeadLetterQueue,
+    ReplayOutcome as ReplayOutcome,
+    ReplayReport as ReplayReport,
+    open_dead_letter_queue as open_dead_letter_queue,
+)
 from ._events import (
     BROADCAST as BROADCAST,
     SERVICE_POOL as SERVICE_POOL,
@@ -80,6 +88,9 @@ __all__ = [
     "ConnectionContext",
     "ConnectionLost",
     "ConsumerCancelled",
+    "DeadLetter",
+    "DeadLetterListing",
+    "DeadLetterQueue",
     "Defect",
     "Delivery",
     "DependencyProvider",
@@ -108,6 +119,8 @@ __all__ = [
     "Publisher",
     "QueueDeclared",
     "RemoteProtocolError",
+    "ReplayOutcome",
+    "ReplayReport",
     "ResourceLocked",
     "SerializationError",
     "ServiceContext",
@@ -118,6 +131,7 @@ __all__ = [
     "WorkerContext",
     "WorkerResult",
     "event_handler",
+    "open_dead_letter_queue",
     "serve_until_signalled",
 ]
 
