@@ -22,6 +22,7 @@ from trioevents import (
     NotFound,
     Outcome,
     Properties,
+    Publisher,
     open_dead_letter_queue,
 )
 from trioevents.testing import FlakyTransport
@@ -334,39 +335,48 @@ async def test_a_replay_cancelled_half_way_loses_nothing(
         assert not doubled
 
 
-async def test_a_replay_cut_mid_flight_doubles_at_most_the_message_in_flight(
-    memory_uri: str, autojump_clock: trio.testing.MockClock
+async def test_a_replay_cut_between_confirm_and_ack_replays_that_message_again(
+    memory_uri: str,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The connection is cut while the 4th copy is being confirmed and acked.
+    """The connection is cut once the 4th copy is confirmed, before its ack.
 
-    The handler cuts it when it gets the 4th replayed event: the replay has
-    published that copy and may or may not have acked its dead letter. Run again,
-    the replay republishes what was not acked: every event is handled, and at
-    most the 4th twice.
+    The broker takes the 4th dead letter back, and the replay fails with
+    ConnectionLost. Run again, it replays the 4th and the rest: every event is
+    handled, the 4th twice (at-least-once), no other one twice.
     """
     ids = list(range(1, 9))
     await fail_events(memory_uri, ids)
     flaky = FlakyTransport(MemoryTransport.from_uri(memory_uri))
-    deadletters.Billing.failing = False
-    host = deadletters.billing_host(memory_uri)
-    deadletters.LEDGER.on_handled = lambda event_id: event_id == 4 and flaky.cut()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.serve)
-        with pytest.raises(ConnectionLost):
-            async with open_dead_letter_queue(
-                DLQ, config(memory_uri), transport=flaky
-            ) as dlq:
-                await dlq.replay()
-        deadletters.LEDGER.on_handled = None
-        async with open_dead_letter_queue(DLQ, config(memory_uri)) as dlq:
-            report = await dlq.replay()
-        await host.stop()
+    confirmed: list[bytes] = []
+    publish = Publisher.publish
+
+    async def publish_then_cut(self: Publisher, *args: Any, **kwargs: Any) -> None:
+        await publish(self, *args, **kwargs)
+        confirmed.append(args[2])
+        if len(confirmed) == 4:
+            flaky.cut()
+
+    monkeypatch.setattr(Publisher, "publish", publish_then_cut)
+    first: list[ReplayOutcome] = []
+    with pytest.raises(ConnectionLost):
+        async with open_dead_letter_queue(
+            DLQ, config(memory_uri), transport=flaky
+        ) as dlq:
+            await dlq.replay(on_outcome=first.append)
+    monkeypatch.undo()
+    assert [o.letter.message_id for o in first] == ["order-1", "order-2", "order-3"]
+    assert confirmed[-1] == b'{"id": 4}'
+    assert await queue_depth(memory_uri, DLQ) == 5  # the 4th is back
+    async with open_dead_letter_queue(DLQ, config(memory_uri)) as dlq:
+        report = await dlq.replay()
+    assert report.replayed[0].letter.message_id == "order-4"
     assert report.left == 0
-    handled = await handle_all(memory_uri)
-    counts = collections.Counter(handled)
+    counts = collections.Counter(await handle_all(memory_uri))
     assert set(counts) == set(ids)
-    assert sum(counts.values()) - len(ids) <= 1
-    assert all(count == 1 for event_id, count in counts.items() if event_id != 4)
+    assert {event_id for event_id, count in counts.items() if count > 1} == {4}
+    assert sum(counts.values()) == len(ids) + 1
 
 
 # ------------------------------------------------------------------------ purge

@@ -88,7 +88,7 @@ def check_dead_letter_queue_name(queue: str, *, force: bool = False) -> None:
     if not queue.endswith(DLQ_SUFFIX) and not force:
         raise InvalidRequest(
             f"{queue!r} is not a dead-letter queue (its name does not end in "
-            f"{DLQ_SUFFIX!r}); force it to use it anyway"
+            f"{DLQ_SUFFIX!r}); force it (--force, force=True) to use it anyway"
         )
 
 
@@ -284,6 +284,19 @@ class DeadLetterListing:
     message_count: int
     consumer_count: int
     letters: tuple[DeadLetter, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        """The listing as a JSON-safe mapping (what ``dlq list --json`` prints).
+
+        Keys: ``queue``, ``message_count``, ``consumer_count`` and ``messages``
+        (each :meth:`DeadLetter.as_json`).
+        """
+        return {
+            "queue": self.queue,
+            "message_count": self.message_count,
+            "consumer_count": self.consumer_count,
+            "messages": [letter.as_json() for letter in self.letters],
+        }
 
 
 @final
