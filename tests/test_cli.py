@@ -1,4 +1,4 @@
-"""The ``trioevents`` command: run, dispatch, show-config; and the example shop.
+"""The ``trioevents`` command: run, dispatch, show-config, dlq; and the example shop.
 
 The ``run`` tests start the real command in a subprocess and talk to it with
 signals; they wait for log lines (with generous timeouts), never for time.
@@ -6,6 +6,7 @@ signals; they wait for log lines (with generous timeouts), never for time.
 
 from __future__ import annotations
 
+import collections
 import decimal
 import io
 import json
@@ -21,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,8 +36,12 @@ from trioevents._host import transport_for_uri
 from trioevents.cli import import_services, main
 from trioevents.testing import worker_factory
 
+from .support import deadletters
+from .support.deadletters import DLQ, fail_events, handle_all, via
+from .support.tcpproxy import open_tcp_proxy
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 60.0  # seconds: generous, for a loaded machine
@@ -904,6 +910,232 @@ def test_show_config_reports_a_bad_config_in_one_line(
 def test_a_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show-config", "--config", "/nonexistent/config.yaml"]) == 1
     assert "cannot read config file" in _error_line(capsys)
+
+
+# -------------------------------------------------------------------- dlq
+
+
+def test_dlq_on_the_embedded_broker_is_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No other process can reach ``memory://``: the command says so."""
+    assert main(["dlq", "list", DLQ]) == 1
+    line = _error_line(capsys)
+    assert "dlq cannot reach the embedded broker memory://" in line
+    assert "--broker amqp://user:password@host/" in line
+    assert "trioevents.open_dead_letter_queue works on memory://" in line
+
+
+def test_dlq_refuses_a_queue_that_is_not_a_dlq_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broker = "amqp://guest:guest@127.0.0.1:1/"  # never reached
+    assert main(["dlq", "purge", "orders", "--yes", "--broker", broker]) == 1
+    assert "'orders' is not a dead-letter queue" in _error_line(capsys)
+
+
+def test_dlq_refuses_a_negative_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "list", DLQ, "--limit", "-1"]) == 2
+    assert "expected a number >= 0, got '-1'" in capsys.readouterr().err
+
+
+@pytest.mark.rabbitmq
+def test_dlq_on_a_missing_queue_is_one_line(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dlq", "list", "nope.dlq", "--broker", rabbit_vhost]) == 1
+    line = _error_line(capsys)
+    assert "404 NOT_FOUND - no queue 'nope.dlq'" in line
+    assert "none was yet, or the name is wrong" in line
+
+
+@pytest.mark.rabbitmq
+def test_dlq_list_shows_the_failure_headers(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deadletters.reset()
+    trio.run(fail_events, rabbit_vhost, [1, 2, 3])
+    capsys.readouterr()
+    assert main(["dlq", "list", DLQ, "--limit", "2", "--broker", rabbit_vhost]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines() == [
+        f"{DLQ}: 3 messages",
+        "(showing the first 2; --limit N shows more)",
+        "",
+        "[1] message id order-1",
+        "    error: RuntimeError: card declined for order 1",
+        "    attempts: 3",
+        "    original exchange: orders.events",
+        "    original routing key: order_placed",
+        '    body: {"id": 1}',
+        "",
+        "[2] message id order-2",
+        "    error: RuntimeError: card declined for order 2",
+        "    attempts: 3",
+        "    original exchange: orders.events",
+        "    original routing key: order_placed",
+        '    body: {"id": 2}',
+    ]
+    assert main(["dlq", "list", DLQ, "--json", "--broker", rabbit_vhost]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["message_count"] == 3
+    assert [m["message_id"] for m in listing["messages"]] == [
+        "order-1",
+        "order-2",
+        "order-3",
+    ]
+    assert [m["redelivered"] for m in listing["messages"]] == [True, True, False]
+    first = listing["messages"][0]
+    assert first["body"] == {"id": 1}
+    assert first["original_exchange"] == "orders.events"
+    assert "RuntimeError: card declined for order 1" in first["traceback"]
+
+
+@pytest.mark.rabbitmq
+def test_dlq_replay_puts_the_events_back_where_the_handler_handles_them(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deadletters.reset()
+    trio.run(fail_events, rabbit_vhost, [1, 2])
+    capsys.readouterr()
+    assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "replayed [1] message id order-1 to exchange 'orders.events', routing key "
+        "'order_placed'",
+        "replayed [2] message id order-2 to exchange 'orders.events', routing key "
+        "'order_placed'",
+        f"replayed 2 messages, skipped 0; 0 messages left in {DLQ}",
+    ]
+    assert trio.run(handle_all, rabbit_vhost) == [1, 2]
+
+
+@pytest.mark.rabbitmq
+def test_dlq_replay_names_what_it_skipped_and_exits_1(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trio.run(_declare, rabbit_vhost, DLQ.removesuffix(".dlq"), "orders", "#")
+    trio.run(_declare, rabbit_vhost, DLQ, "orders", "never")
+    properties = trioevents.Properties(message_id="m-1")
+    trio.run(_publish, rabbit_vhost, DLQ, properties)
+    code = main(["dlq", "replay", DLQ, "--to-handler-queue", "--broker", rabbit_vhost])
+    assert code == 0  # to the handler queue: the origin headers are not needed
+    trio.run(_publish, rabbit_vhost, DLQ, properties)
+    capsys.readouterr()
+    assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "skipped [1] message id m-1: no x-trioevents-original-exchange or "
+        "x-trioevents-original-routing-key header: nowhere to replay it to; left "
+        "in the queue",
+        f"replayed 0 messages, skipped 1; 1 message left in {DLQ}",
+    ]
+    assert captured.err == (
+        f"trioevents: error: 1 message could not be replayed and stay in {DLQ}\n"
+    )
+
+
+async def _publish(uri: str, queue: str, properties: trioevents.Properties) -> None:
+    async with transport_for_uri(uri).open_connection() as conn:
+        await conn.publish("", queue, b"{}", properties)
+
+
+@pytest.mark.rabbitmq
+def test_dlq_purge_refuses_without_yes_and_says_how_many(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deadletters.reset()
+    trio.run(fail_events, rabbit_vhost, [1, 2])
+    capsys.readouterr()
+    assert main(["dlq", "purge", DLQ, "--broker", rabbit_vhost]) == 1
+    assert _error_line(capsys) == (
+        f"trioevents: error: purge would drop 2 messages from {DLQ!r} for good; "
+        "pass --yes to drop them"
+    )
+    assert main(["dlq", "purge", DLQ, "--yes", "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out == f"purged 2 messages from {DLQ}\n"
+    assert main(["dlq", "list", DLQ, "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out == f"{DLQ}: 0 messages\n"
+
+
+class _Lines:
+    """The lines a subprocess writes, read from a trio stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self.lines: list[str] = []
+
+    async def until(self, predicate: Callable[[list[str]], bool]) -> list[str]:
+        """Read lines until *predicate* holds for them (or the stream ends)."""
+        with trio.fail_after(WAIT):
+            while not predicate(self.lines):
+                chunk = await self._stream.receive_some()
+                if not chunk:
+                    break
+                self._buffer += chunk
+                *complete, self._buffer = self._buffer.split(b"\n")
+                self.lines.extend(line.decode() for line in complete)
+        return self.lines
+
+
+def _replayed(lines: list[str]) -> int:
+    return sum(line.startswith("replayed [") for line in lines)
+
+
+@pytest.mark.rabbitmq
+async def test_a_dlq_replay_cut_half_way_then_run_again_loses_nothing(
+    rabbit_vhost: str,
+) -> None:
+    """The connection of ``dlq replay`` is cut after it printed 5 replays.
+
+    The command fails in one line; a second run replays what was not acked.
+    Every event is handled, none twice but the one whose copy was in flight.
+    """
+    deadletters.reset()
+    ids = list(range(1, 21))
+    await fail_events(rabbit_vhost, ids)
+    command = [_command(), "dlq", "replay", DLQ, "--broker"]
+    port = urllib.parse.urlsplit(rabbit_vhost).port or 5672
+    async with open_tcp_proxy(port) as proxy:
+        process = await trio.lowlevel.open_process(
+            [*command, via(proxy.port, rabbit_vhost)],
+            cwd=ROOT,
+            env=_environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        try:
+            output = _Lines(process.stdout)
+            await output.until(lambda lines: _replayed(lines) >= 5)
+            assert proxy.cut() == 1
+            await output.until(lambda lines: False)  # to the end
+            with trio.fail_after(WAIT):
+                assert await process.wait() == 1
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            await process.stdout.aclose()
+    first = output.lines
+    assert first[-1].startswith("trioevents: error: "), first
+    assert 5 <= _replayed(first) < len(ids)
+    second = await trio.run_process(
+        [*command, rabbit_vhost],
+        cwd=ROOT,
+        env=_environ(),
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    last = second.stdout.decode().splitlines()[-1]
+    assert last.endswith(f"skipped 0; 0 messages left in {DLQ}"), last
+    counts = collections.Counter(await handle_all(rabbit_vhost))
+    assert set(counts) == set(ids)
+    assert sum(counts.values()) - len(ids) <= 1
+    assert _replayed(first) + _replayed(second.stdout.decode().splitlines()) == (
+        sum(counts.values())
+    )
 
 
 # ------------------------------------------------------- docs/cli.rst transcripts
