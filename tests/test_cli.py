@@ -1184,11 +1184,59 @@ def _matches(expected: list[str], actual: list[str]) -> bool:
     )
 
 
-CLI_TRANSCRIPTS = _console_transcripts(ROOT / "docs" / "cli.rst")
+#: The broker the page's RabbitMQ transcripts name; the test gives them a vhost.
+PAGE_BROKER = "amqp://guest:guest@localhost/"
+_TRANSCRIPTS = _console_transcripts(ROOT / "docs" / "cli.rst")
+#: The transcripts that run on their own, without a broker.
+CLI_TRANSCRIPTS = [t for t in _TRANSCRIPTS if PAGE_BROKER not in t[1]]
+#: The dead-letter transcripts: they run in page order, on dead letters made first.
+DLQ_TRANSCRIPTS = [t for t in _TRANSCRIPTS if PAGE_BROKER in t[1]]
 
 
 def test_the_cli_page_has_transcripts() -> None:
     assert len(CLI_TRANSCRIPTS) >= 5
+    assert len(DLQ_TRANSCRIPTS) >= 5
+
+
+def _run_transcript(
+    command: str, broker: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``$ trioevents ...`` line of the page (on *broker*, if given)."""
+    if broker is not None:
+        command = command.replace(PAGE_BROKER, broker)
+    words = shlex.split(command)
+    env: dict[str, str] = {}
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    assert words[0] == "trioevents", command
+    return subprocess.run(
+        [_command(), *words[1:]],
+        cwd=ROOT,
+        env=_environ(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def _check_transcript(
+    done: subprocess.CompletedProcess[str],
+    output: list[str],
+    status: int | None,
+    *,
+    blank_lines: bool = True,
+) -> None:
+    actual = done.stdout.splitlines()
+    if not blank_lines:  # the page's transcripts cannot show them
+        actual = [line for line in actual if line]
+    assert _matches(output, actual), "\n".join(
+        ["the page says:", *output, "the command prints:", *actual]
+    )
+    if status is not None:
+        assert done.returncode == status
 
 
 @pytest.mark.parametrize(
@@ -1200,28 +1248,21 @@ def test_the_cli_page_quotes_what_the_command_prints(
     command: str, output: list[str], status: int | None
 ) -> None:
     """Every ``$ trioevents ...`` of docs/cli.rst prints what the page says."""
-    words = shlex.split(command)
-    env: dict[str, str] = {}
-    while "=" in words[0]:
-        name, _, value = words.pop(0).partition("=")
-        env[name] = value
-    assert words[0] == "trioevents", command
-    done = subprocess.run(
-        [_command(), *words[1:]],
-        cwd=ROOT,
-        env=_environ(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
-    actual = done.stdout.splitlines()
-    assert _matches(output, actual), "\n".join(
-        ["the page says:", *output, "the command prints:", *actual]
-    )
-    if status is not None:
-        assert done.returncode == status
+    _check_transcript(_run_transcript(command), output, status)
+
+
+@pytest.mark.rabbitmq
+def test_the_cli_page_quotes_what_dlq_prints(rabbit_vhost: str) -> None:
+    """The page's dead-letter transcripts, in order, on the docs' failed orders."""
+    deadletters.reset()
+    trio.run(fail_events, rabbit_vhost, [1, 2])
+    for line, command, output, status in DLQ_TRANSCRIPTS:
+        done = _run_transcript(command, rabbit_vhost)
+        try:
+            _check_transcript(done, output, status, blank_lines=False)
+        except AssertionError as exc:
+            raise AssertionError(f"cli.rst:{line}: {exc}") from None
+    assert trio.run(handle_all, rabbit_vhost) == [1]  # replayed: order 1
 
 
 # ------------------------------------------------------- the example's services
