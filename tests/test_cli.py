@@ -37,6 +37,7 @@ from trioevents.cli import import_services, main
 from trioevents.testing import worker_factory
 
 from .support import deadletters
+from .support.brokers import publish
 from .support.deadletters import DLQ, fail_events, handle_all, via
 from .support.tcpproxy import open_tcp_proxy
 
@@ -939,6 +940,15 @@ def test_dlq_refuses_a_negative_limit(capsys: pytest.CaptureFixture[str]) -> Non
     assert "expected a number >= 0, got '-1'" in capsys.readouterr().err
 
 
+def _failed_orders(
+    uri: str, capsys: pytest.CaptureFixture[str], ids: Sequence[int] = (1, 2)
+) -> None:
+    """Dead-letter the orders *ids* (as the docs' billing service does) on *uri*."""
+    deadletters.reset()
+    trio.run(fail_events, uri, ids)
+    capsys.readouterr()  # what the failing handler logged
+
+
 @pytest.mark.rabbitmq
 def test_dlq_on_a_missing_queue_is_one_line(
     rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
@@ -953,9 +963,7 @@ def test_dlq_on_a_missing_queue_is_one_line(
 def test_dlq_list_shows_the_failure_headers(
     rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deadletters.reset()
-    trio.run(fail_events, rabbit_vhost, [1, 2, 3])
-    capsys.readouterr()
+    _failed_orders(rabbit_vhost, capsys, [1, 2, 3])
     assert main(["dlq", "list", DLQ, "--limit", "2", "--broker", rabbit_vhost]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
@@ -996,9 +1004,7 @@ def test_dlq_list_shows_the_failure_headers(
 def test_dlq_replay_puts_the_events_back_where_the_handler_handles_them(
     rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deadletters.reset()
-    trio.run(fail_events, rabbit_vhost, [1, 2])
-    capsys.readouterr()
+    _failed_orders(rabbit_vhost, capsys)
     assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "replayed [1] message id order-1 to exchange 'orders.events', routing key "
@@ -1017,10 +1023,10 @@ def test_dlq_replay_names_what_it_skipped_and_exits_1(
     trio.run(_declare, rabbit_vhost, DLQ.removesuffix(".dlq"), "orders", "#")
     trio.run(_declare, rabbit_vhost, DLQ, "orders", "never")
     properties = trioevents.Properties(message_id="m-1")
-    trio.run(_publish, rabbit_vhost, DLQ, properties)
+    trio.run(publish, rabbit_vhost, "", DLQ, b"{}", properties)
     code = main(["dlq", "replay", DLQ, "--to-handler-queue", "--broker", rabbit_vhost])
     assert code == 0  # to the handler queue: the origin headers are not needed
-    trio.run(_publish, rabbit_vhost, DLQ, properties)
+    trio.run(publish, rabbit_vhost, "", DLQ, b"{}", properties)
     capsys.readouterr()
     assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 1
     captured = capsys.readouterr()
@@ -1035,18 +1041,11 @@ def test_dlq_replay_names_what_it_skipped_and_exits_1(
     )
 
 
-async def _publish(uri: str, queue: str, properties: trioevents.Properties) -> None:
-    async with transport_for_uri(uri).open_connection() as conn:
-        await conn.publish("", queue, b"{}", properties)
-
-
 @pytest.mark.rabbitmq
 def test_dlq_purge_refuses_without_yes_and_says_how_many(
     rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    deadletters.reset()
-    trio.run(fail_events, rabbit_vhost, [1, 2])
-    capsys.readouterr()
+    _failed_orders(rabbit_vhost, capsys)
     assert main(["dlq", "purge", DLQ, "--broker", rabbit_vhost]) == 1
     assert _error_line(capsys) == (
         f"trioevents: error: purge would drop 2 messages from {DLQ!r} for good; "
