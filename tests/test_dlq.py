@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+import trioevents._dlq
 from trioevents import (
     ConnectionLost,
     InvalidRequest,
@@ -275,6 +276,24 @@ async def test_replay_skips_what_it_cannot_replay_and_leaves_it_in_place(
     assert report.left == 4
     assert [letter.message_id for letter in left] == ["m-2", "m-3", "m-5", "m-6"]
     assert await queue_depth(broker_uri, QUEUE) == 3
+
+
+async def test_a_replay_stops_when_skipped_messages_fill_its_window(
+    broker_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped messages are held unacked; once they fill the prefetch, it stops."""
+    monkeypatch.setattr(trioevents._dlq, "REPLAY_WINDOW", 2)
+    async with connect(broker_uri) as connection:
+        await connection.declare_queue(DLQ, durable=True)
+    for number in range(1, 5):
+        await publish(broker_uri, "", DLQ, b"{}", Properties(message_id=f"m-{number}"))
+    async with open_dead_letter_queue(DLQ, config(broker_uri)) as dlq:
+        report = await dlq.replay()
+        left = (await dlq.peek()).letters
+    assert [o.letter.message_id for o in report.skipped] == ["m-1", "m-2"]
+    assert report.stopped == "2 skipped messages fill the window of 2 unacked messages"
+    assert report.left == 4
+    assert [letter.message_id for letter in left] == ["m-1", "m-2", "m-3", "m-4"]
 
 
 async def test_a_replayed_event_that_fails_again_is_not_replayed_twice(

@@ -72,6 +72,9 @@ _BROKER_DEATH_PREFIXES: Final = ("x-first-death-", "x-last-death-")
 #: The most deliveries a replay holds unacked at once: prefetched ones, and the
 #: skipped ones it keeps until the end so that they stay where they were.
 REPLAY_WINDOW: Final = 100
+#: The most messages one peek reads: AMQP's largest prefetch count, since it
+#: holds them all unacked before it puts them back.
+PEEK_MAX: Final = 65535
 #: Seconds to wait for a message the queue reported but the broker does not
 #: deliver (another consumer took it): then the queue is taken as shorter.
 RECEIVE_WITHIN: Final = 10.0
@@ -412,7 +415,7 @@ class DeadLetterQueue:
         return (await self._declared()).message_count
 
     async def peek(self, limit: int = 10) -> DeadLetterListing:
-        """Read the first *limit* messages, then put them back.
+        """Read the first *limit* messages (at most 65535), then put them back.
 
         The messages are consumed, then nacked with requeue: the broker puts each
         back at its place (RabbitMQ does for a classic queue that has no other
@@ -429,7 +432,7 @@ class DeadLetterQueue:
         """
         _check_limit(limit)
         declared = await self._declared()
-        wanted = min(limit, declared.message_count)
+        wanted = min(limit, declared.message_count, PEEK_MAX)
         deliveries: list[Delivery] = []
         if wanted:
             async with self._connection.open_consumer(
@@ -471,14 +474,16 @@ class DeadLetterQueue:
         Messages are replayed one at a time, in queue order, each acked only
         after the broker confirmed its copy. A message whose headers do not say
         where to, or whose copy the broker refuses, is skipped: it stays in the
-        queue, at its place (held unacked until the end, then requeued). Only
-        the messages in the queue when the replay started are read, so a message
-        that fails again and comes back is not replayed twice.
+        queue, at its place (held unacked until the end, then requeued); once
+        100 skipped messages are held, the replay stops early and says so in
+        :attr:`ReplayReport.stopped`. Only the messages in the queue when the
+        replay started are read, so a message that fails again and comes back
+        is not replayed twice.
 
         If the replay is interrupted (cancelled, or the connection is lost), the
         messages not yet acked stay in the queue and a new replay picks them up:
-        nothing is lost, and at most the message whose copy was in flight is
-        replayed twice.
+        nothing is lost, and at most one message is replayed twice, the one in
+        flight (its copy confirmed, its ack not yet at the broker).
 
         Parameters
         ----------
