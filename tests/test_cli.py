@@ -1,4 +1,4 @@
-"""The ``trioevents`` command: run, dispatch, show-config; and the example shop.
+"""The ``trioevents`` command: run, dispatch, show-config, dlq; and the example shop.
 
 The ``run`` tests start the real command in a subprocess and talk to it with
 signals; they wait for log lines (with generous timeouts), never for time.
@@ -6,6 +6,7 @@ signals; they wait for log lines (with generous timeouts), never for time.
 
 from __future__ import annotations
 
+import collections
 import decimal
 import io
 import json
@@ -21,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,8 +36,13 @@ from trioevents._host import transport_for_uri
 from trioevents.cli import import_services, main
 from trioevents.testing import worker_factory
 
+from .support import deadletters
+from .support.brokers import publish
+from .support.deadletters import DLQ, fail_events, handle_all, via
+from .support.tcpproxy import open_tcp_proxy
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT = 60.0  # seconds: generous, for a loaded machine
@@ -906,6 +913,230 @@ def test_a_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -
     assert "cannot read config file" in _error_line(capsys)
 
 
+# -------------------------------------------------------------------- dlq
+
+
+def test_dlq_on_the_embedded_broker_is_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No other process can reach ``memory://``: the command says so."""
+    assert main(["dlq", "list", DLQ]) == 1
+    line = _error_line(capsys)
+    assert "dlq cannot reach the embedded broker memory://" in line
+    assert "--broker amqp://user:password@host/" in line
+    assert "trioevents.open_dead_letter_queue works on memory://" in line
+
+
+def test_dlq_refuses_a_queue_that_is_not_a_dlq_before_connecting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    broker = "amqp://guest:guest@127.0.0.1:1/"  # never reached
+    assert main(["dlq", "purge", "orders", "--yes", "--broker", broker]) == 1
+    assert "'orders' is not a dead-letter queue" in _error_line(capsys)
+
+
+def test_dlq_refuses_a_negative_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "list", DLQ, "--limit", "-1"]) == 2
+    assert "expected a number >= 0, got '-1'" in capsys.readouterr().err
+
+
+def _failed_orders(
+    uri: str, capsys: pytest.CaptureFixture[str], ids: Sequence[int] = (1, 2)
+) -> None:
+    """Dead-letter the orders *ids* (as the docs' billing service does) on *uri*."""
+    deadletters.reset()
+    trio.run(fail_events, uri, ids)
+    capsys.readouterr()  # what the failing handler logged
+
+
+@pytest.mark.rabbitmq
+def test_dlq_on_a_missing_queue_is_one_line(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dlq", "list", "nope.dlq", "--broker", rabbit_vhost]) == 1
+    line = _error_line(capsys)
+    assert "404 NOT_FOUND - no queue 'nope.dlq'" in line
+    assert "none was yet, or the name is wrong" in line
+
+
+@pytest.mark.rabbitmq
+def test_dlq_list_shows_the_failure_headers(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _failed_orders(rabbit_vhost, capsys, [1, 2, 3])
+    assert main(["dlq", "list", DLQ, "--limit", "2", "--broker", rabbit_vhost]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.splitlines() == [
+        f"{DLQ}: 3 messages",
+        "(showing the first 2; --limit N shows more)",
+        "",
+        "[1] message id order-1",
+        "    error: RuntimeError: card declined for order 1",
+        "    attempts: 3",
+        "    original exchange: orders.events",
+        "    original routing key: order_placed",
+        '    body: {"id": 1}',
+        "",
+        "[2] message id order-2",
+        "    error: RuntimeError: card declined for order 2",
+        "    attempts: 3",
+        "    original exchange: orders.events",
+        "    original routing key: order_placed",
+        '    body: {"id": 2}',
+    ]
+    assert main(["dlq", "list", DLQ, "--json", "--broker", rabbit_vhost]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["message_count"] == 3
+    assert [m["message_id"] for m in listing["messages"]] == [
+        "order-1",
+        "order-2",
+        "order-3",
+    ]
+    assert [m["redelivered"] for m in listing["messages"]] == [True, True, False]
+    first = listing["messages"][0]
+    assert first["body"] == {"id": 1}
+    assert first["original_exchange"] == "orders.events"
+    assert "RuntimeError: card declined for order 1" in first["traceback"]
+
+
+@pytest.mark.rabbitmq
+def test_dlq_replay_puts_the_events_back_where_the_handler_handles_them(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _failed_orders(rabbit_vhost, capsys)
+    assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "replayed [1] message id order-1 to exchange 'orders.events', routing key "
+        "'order_placed'",
+        "replayed [2] message id order-2 to exchange 'orders.events', routing key "
+        "'order_placed'",
+        f"replayed 2 messages, skipped 0; 0 messages left in {DLQ}",
+    ]
+    assert trio.run(handle_all, rabbit_vhost) == [1, 2]
+
+
+@pytest.mark.rabbitmq
+def test_dlq_replay_names_what_it_skipped_and_exits_1(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trio.run(_declare, rabbit_vhost, DLQ.removesuffix(".dlq"), "orders", "#")
+    trio.run(_declare, rabbit_vhost, DLQ, "orders", "never")
+    properties = trioevents.Properties(message_id="m-1")
+    trio.run(publish, rabbit_vhost, "", DLQ, b"{}", properties)
+    code = main(["dlq", "replay", DLQ, "--to-handler-queue", "--broker", rabbit_vhost])
+    assert code == 0  # to the handler queue: the origin headers are not needed
+    trio.run(publish, rabbit_vhost, "", DLQ, b"{}", properties)
+    capsys.readouterr()
+    assert main(["dlq", "replay", DLQ, "--broker", rabbit_vhost]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "skipped [1] message id m-1: no x-trioevents-original-exchange or "
+        "x-trioevents-original-routing-key header: nowhere to replay it to; left "
+        "in the queue",
+        f"replayed 0 messages, skipped 1; 1 message left in {DLQ}",
+    ]
+    assert captured.err == (
+        f"trioevents: error: 1 message could not be replayed and stay in {DLQ}\n"
+    )
+
+
+@pytest.mark.rabbitmq
+def test_dlq_purge_refuses_without_yes_and_says_how_many(
+    rabbit_vhost: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _failed_orders(rabbit_vhost, capsys)
+    assert main(["dlq", "purge", DLQ, "--broker", rabbit_vhost]) == 1
+    assert _error_line(capsys) == (
+        f"trioevents: error: purge would drop 2 messages from {DLQ!r} for good; "
+        "pass --yes to drop them"
+    )
+    assert main(["dlq", "purge", DLQ, "--yes", "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out == f"purged 2 messages from {DLQ}\n"
+    assert main(["dlq", "list", DLQ, "--broker", rabbit_vhost]) == 0
+    assert capsys.readouterr().out == f"{DLQ}: 0 messages\n"
+
+
+class _Lines:
+    """The lines a subprocess writes, read from a trio stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self.lines: list[str] = []
+
+    async def until(self, predicate: Callable[[list[str]], bool]) -> list[str]:
+        """Read lines until *predicate* holds for them (or the stream ends)."""
+        with trio.fail_after(WAIT):
+            while not predicate(self.lines):
+                chunk = await self._stream.receive_some()
+                if not chunk:
+                    break
+                self._buffer += chunk
+                *complete, self._buffer = self._buffer.split(b"\n")
+                self.lines.extend(line.decode() for line in complete)
+        return self.lines
+
+
+def _replayed(lines: list[str]) -> int:
+    return sum(line.startswith("replayed [") for line in lines)
+
+
+@pytest.mark.rabbitmq
+async def test_a_dlq_replay_cut_half_way_then_run_again_loses_nothing(
+    rabbit_vhost: str,
+) -> None:
+    """The connection of ``dlq replay`` is cut after it printed 5 replays.
+
+    The command fails in one line; a second run replays what was not acked.
+    Every event is handled, none twice but the one whose copy was in flight.
+    """
+    deadletters.reset()
+    ids = list(range(1, 21))
+    await fail_events(rabbit_vhost, ids)
+    command = [_command(), "dlq", "replay", DLQ, "--broker"]
+    port = urllib.parse.urlsplit(rabbit_vhost).port or 5672
+    async with open_tcp_proxy(port) as proxy:
+        process = await trio.lowlevel.open_process(
+            [*command, via(proxy.port, rabbit_vhost)],
+            cwd=ROOT,
+            env=_environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        try:
+            output = _Lines(process.stdout)
+            await output.until(lambda lines: _replayed(lines) >= 5)
+            assert proxy.cut() == 1
+            await output.until(lambda lines: False)  # to the end
+            with trio.fail_after(WAIT):
+                assert await process.wait() == 1
+        finally:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            await process.stdout.aclose()
+    first = output.lines
+    assert first[-1].startswith("trioevents: error: "), first
+    assert 5 <= _replayed(first) < len(ids)
+    second = await trio.run_process(
+        [*command, rabbit_vhost],
+        cwd=ROOT,
+        env=_environ(),
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    last = second.stdout.decode().splitlines()[-1]
+    assert last.endswith(f"skipped 0; 0 messages left in {DLQ}"), last
+    counts = collections.Counter(await handle_all(rabbit_vhost))
+    assert set(counts) == set(ids)
+    assert sum(counts.values()) - len(ids) <= 1
+    assert _replayed(first) + _replayed(second.stdout.decode().splitlines()) == (
+        sum(counts.values())
+    )
+
+
 # ------------------------------------------------------- docs/cli.rst transcripts
 
 
@@ -952,11 +1183,59 @@ def _matches(expected: list[str], actual: list[str]) -> bool:
     )
 
 
-CLI_TRANSCRIPTS = _console_transcripts(ROOT / "docs" / "cli.rst")
+#: The broker the page's RabbitMQ transcripts name; the test gives them a vhost.
+PAGE_BROKER = "amqp://guest:guest@localhost/"
+_TRANSCRIPTS = _console_transcripts(ROOT / "docs" / "cli.rst")
+#: The transcripts that run on their own, without a broker.
+CLI_TRANSCRIPTS = [t for t in _TRANSCRIPTS if PAGE_BROKER not in t[1]]
+#: The dead-letter transcripts: they run in page order, on dead letters made first.
+DLQ_TRANSCRIPTS = [t for t in _TRANSCRIPTS if PAGE_BROKER in t[1]]
 
 
 def test_the_cli_page_has_transcripts() -> None:
     assert len(CLI_TRANSCRIPTS) >= 5
+    assert len(DLQ_TRANSCRIPTS) >= 5
+
+
+def _run_transcript(
+    command: str, broker: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``$ trioevents ...`` line of the page (on *broker*, if given)."""
+    if broker is not None:
+        command = command.replace(PAGE_BROKER, broker)
+    words = shlex.split(command)
+    env: dict[str, str] = {}
+    while "=" in words[0]:
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    assert words[0] == "trioevents", command
+    return subprocess.run(
+        [_command(), *words[1:]],
+        cwd=ROOT,
+        env=_environ(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def _check_transcript(
+    done: subprocess.CompletedProcess[str],
+    output: list[str],
+    status: int | None,
+    *,
+    blank_lines: bool = True,
+) -> None:
+    actual = done.stdout.splitlines()
+    if not blank_lines:  # the page's transcripts cannot show them
+        actual = [line for line in actual if line]
+    assert _matches(output, actual), "\n".join(
+        ["the page says:", *output, "the command prints:", *actual]
+    )
+    if status is not None:
+        assert done.returncode == status
 
 
 @pytest.mark.parametrize(
@@ -968,28 +1247,21 @@ def test_the_cli_page_quotes_what_the_command_prints(
     command: str, output: list[str], status: int | None
 ) -> None:
     """Every ``$ trioevents ...`` of docs/cli.rst prints what the page says."""
-    words = shlex.split(command)
-    env: dict[str, str] = {}
-    while "=" in words[0]:
-        name, _, value = words.pop(0).partition("=")
-        env[name] = value
-    assert words[0] == "trioevents", command
-    done = subprocess.run(
-        [_command(), *words[1:]],
-        cwd=ROOT,
-        env=_environ(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=WAIT,
-        check=False,
-    )
-    actual = done.stdout.splitlines()
-    assert _matches(output, actual), "\n".join(
-        ["the page says:", *output, "the command prints:", *actual]
-    )
-    if status is not None:
-        assert done.returncode == status
+    _check_transcript(_run_transcript(command), output, status)
+
+
+@pytest.mark.rabbitmq
+def test_the_cli_page_quotes_what_dlq_prints(rabbit_vhost: str) -> None:
+    """The page's dead-letter transcripts, in order, on the docs' failed orders."""
+    deadletters.reset()
+    trio.run(fail_events, rabbit_vhost, [1, 2])
+    for line, command, output, status in DLQ_TRANSCRIPTS:
+        done = _run_transcript(command, rabbit_vhost)
+        try:
+            _check_transcript(done, output, status, blank_lines=False)
+        except AssertionError as exc:
+            raise AssertionError(f"cli.rst:{line}: {exc}") from None
+    assert trio.run(handle_all, rabbit_vhost) == [1]  # replayed: order 1
 
 
 # ------------------------------------------------------- the example's services

@@ -5,6 +5,14 @@ from __future__ import annotations
 from ._asyncapi import asyncapi_document as asyncapi_document
 from ._codec import PayloadCodec as PayloadCodec
 from ._config import Config as Config
+from ._dlq import (
+    DeadLetter as DeadLetter,
+    DeadLetterListing as DeadLetterListing,
+    DeadLetterQueue as DeadLetterQueue,
+    ReplayOutcome as ReplayOutcome,
+    ReplayReport as ReplayReport,
+    open_dead_letter_queue as open_dead_letter_queue,
+)
 from ._events import (
     BROADCAST as BROADCAST,
     SERVICE_POOL as SERVICE_POOL,
@@ -82,6 +90,9 @@ __all__ = [
     "ConnectionContext",
     "ConnectionLost",
     "ConsumerCancelled",
+    "DeadLetter",
+    "DeadLetterListing",
+    "DeadLetterQueue",
     "Defect",
     "Delivery",
     "DependencyProvider",
@@ -111,6 +122,8 @@ __all__ = [
     "QueueDeclared",
     "QueueType",
     "RemoteProtocolError",
+    "ReplayOutcome",
+    "ReplayReport",
     "ResourceLocked",
     "SerializationError",
     "ServiceContext",
@@ -122,6 +135,7 @@ __all__ = [
     "WorkerResult",
     "asyncapi_document",
     "event_handler",
+    "open_dead_letter_queue",
     "serve_until_signalled",
 ]
 

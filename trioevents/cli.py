@@ -6,6 +6,9 @@
     trioevents dispatch SERVICE EVENT_TYPE [JSON | -] [--config FILE] [--broker URI]
     trioevents show-config [--config FILE] [--broker URI]
     trioevents asyncapi MODULE[:Class] ... [-o FILE] [--format yaml|json]
+    trioevents dlq list QUEUE [--limit N] [--json] [--broker URI]
+    trioevents dlq replay QUEUE [--limit N] [--to-handler-queue] [--broker URI]
+    trioevents dlq purge QUEUE --yes [--broker URI]
 
 The configuration is the defaults, then ``--config``, then ``TRIOEVENTS_<KEY>``
 environment variables, then ``--broker`` (each over the one before).
@@ -17,7 +20,8 @@ or Ctrl-C, which stop gracefully; a second one stops at once
 one per line of standard input, to RabbitMQ. ``show-config`` prints the effective
 configuration, where each value came from, secrets masked. ``asyncapi`` writes
 an AsyncAPI 3.0 document of the services' events
-(:func:`~trioevents.asyncapi_document`).
+(:func:`~trioevents.asyncapi_document`). ``dlq`` lists, replays or purges a
+dead-letter queue on RabbitMQ (:mod:`._dlq` does the work).
 
 Exit status: 0 after a clean stop, 1 with a one-line error (bad config, a module
 that cannot be imported, a broker that cannot be reached, ...), 2 for bad usage,
@@ -44,6 +48,7 @@ import trio
 from ._asyncapi import asyncapi_document
 from ._config import Config, LoadedConfig
 from ._configfile import ENV_PREFIX, Layer, import_yaml
+from ._dlq import check_dead_letter_queue_name, open_dead_letter_queue
 from ._exceptions import TrioEventsError
 from ._extensions import entrypoints_of
 from ._groups import leaves
@@ -61,6 +66,8 @@ from ._version import __version__
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from types import ModuleType
+
+    from ._dlq import DeadLetter, ReplayOutcome
 
 __all__ = ["CommandError", "import_services", "main", "serve_until_signalled"]
 
@@ -190,7 +197,85 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VERSION",
         help="info.version, the version of the services' API (default: 1.0.0)",
     )
+    _add_dlq_parser(commands, common)
     return parser
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_dlq_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, replay or purge a dead-letter queue",
+        description="Look into a handler's dead-letter queue {queue}.dlq on "
+        "RabbitMQ, replay its messages or purge it. A queue whose name does not "
+        "end in .dlq is refused unless --force.",
+    )
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queue = argparse.ArgumentParser(add_help=False)
+    queue.add_argument("queue", metavar="QUEUE", help="the dead-letter queue")
+    queue.add_argument(
+        "--force", action="store_true", help="accept a queue not named *.dlq"
+    )
+    listing = actions.add_parser(
+        "list",
+        parents=[common, queue],
+        help="show the first messages and why they failed",
+        description="Print how many messages the queue holds and the first ones "
+        "with their failure headers. The messages are read and put back (nacked "
+        "with requeue): they stay in the queue, in order, marked redelivered.",
+    )
+    listing.add_argument(
+        "--limit",
+        type=_limit,
+        default=10,
+        metavar="N",
+        help="how many messages to show (default: 10)",
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="print JSON, with the whole bodies"
+    )
+    replay = actions.add_parser(
+        "replay",
+        parents=[common, queue],
+        help="republish the messages where they were first published",
+        description="Republish each message to its original exchange and routing "
+        "key (every handler bound there gets it again) with its properties and "
+        "headers, less the failure headers and x-death; ack it in the dead-letter "
+        "queue only once the broker confirmed the copy. A message that cannot be "
+        "replayed stays in the queue (exit status 1).",
+    )
+    replay.add_argument(
+        "--limit",
+        type=_limit,
+        metavar="N",
+        help="replay the first N messages only (default: all)",
+    )
+    replay.add_argument(
+        "--to-handler-queue",
+        action="store_true",
+        help="republish to the handler's queue (QUEUE without .dlq) instead, so "
+        "that only the handler that failed gets the events again",
+    )
+    purge = actions.add_parser(
+        "purge",
+        parents=[common, queue],
+        help="drop every message for good",
+        description="Drop the messages of the queue. Without --yes, say how many "
+        "it would drop, and drop none.",
+    )
+    purge.add_argument("--yes", action="store_true", help="really drop them")
 
 
 # -------------------------------------------------------------------- helpers
@@ -505,7 +590,142 @@ def _asyncapi(args: argparse.Namespace, loaded: LoadedConfig) -> int:
 
 # ------------------------------------------------------------------- main
 
-_COMMANDS = {"dispatch": _dispatch, "show-config": _show_config, "asyncapi": _asyncapi}
+# -------------------------------------------------------------------- dlq
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{'' if count == 1 else 's'}"
+
+
+def _named(letter: DeadLetter) -> str:
+    number = f"[{letter.position}]"
+    if letter.message_id is None:
+        return number
+    return f"{number} message id {letter.message_id}"
+
+
+def _body_preview(letter: DeadLetter, width: int = 200) -> str:
+    decoded, value = letter.decoded_body()
+    text = json.dumps(value, ensure_ascii=False) if decoded else repr(letter.body)
+    if len(text) <= width:
+        return text
+    return f"{text[:width]}... ({len(letter.body)} bytes)"
+
+
+def _shown(value: str | int | None, missing: str = "none") -> str:
+    if value is None:
+        return f"({missing})"
+    return str(value) if value != "" else "'' (the default exchange)"
+
+
+def _letter_lines(letter: DeadLetter) -> list[str]:
+    skipped = "none: replay skips it"
+    return [
+        _named(letter),
+        f"    error: {_shown(letter.error)}",
+        f"    attempts: {_shown(letter.attempts)}",
+        f"    original exchange: {_shown(letter.original_exchange, skipped)}",
+        f"    original routing key: {_shown(letter.original_routing_key, skipped)}",
+        f"    body: {_body_preview(letter)}",
+    ]
+
+
+async def _dlq_list(config: Config, args: argparse.Namespace) -> int:
+    async with open_dead_letter_queue(args.queue, config, force=args.force) as dlq:
+        listing = await dlq.peek(args.limit)
+    if listing.consumer_count:
+        logger.warning(
+            "%s has %d consumer(s): they may take messages meanwhile",
+            listing.queue,
+            listing.consumer_count,
+        )
+    if args.json:
+        _write(json.dumps(listing.as_json(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    lines = [f"{listing.queue}: {_messages(listing.message_count)}"]
+    if len(listing.letters) < listing.message_count:
+        lines.append(
+            f"(showing the first {len(listing.letters)}; --limit N shows more)"
+        )
+    for letter in listing.letters:
+        lines.extend(["", *_letter_lines(letter)])
+    _write("\n".join(lines))
+    return EXIT_OK
+
+
+def _show_outcome(outcome: ReplayOutcome) -> None:
+    named = _named(outcome.letter)
+    if outcome.skipped is not None:
+        _write(f"skipped {named}: {outcome.skipped}; left in the queue")
+    elif outcome.exchange == "":
+        _write(f"replayed {named} to queue {outcome.routing_key!r}")
+    else:
+        _write(
+            f"replayed {named} to exchange {outcome.exchange!r}, routing key "
+            f"{outcome.routing_key!r}"
+        )
+
+
+async def _dlq_replay(config: Config, args: argparse.Namespace) -> int:
+    async with open_dead_letter_queue(args.queue, config, force=args.force) as dlq:
+        report = await dlq.replay(
+            args.limit,
+            to_handler_queue=args.to_handler_queue,
+            on_outcome=_show_outcome,
+        )
+    _write(
+        f"replayed {_messages(len(report.replayed))}, skipped "
+        f"{len(report.skipped)}; {_messages(report.left)} left in {report.queue}"
+    )
+    if report.stopped is not None:
+        raise CommandError(f"replay stopped early: {report.stopped}")
+    if report.skipped:
+        raise CommandError(
+            f"{_messages(len(report.skipped))} could not be replayed and stay in "
+            f"{report.queue}"
+        )
+    return EXIT_OK
+
+
+async def _dlq_purge(config: Config, args: argparse.Namespace) -> int:
+    async with open_dead_letter_queue(args.queue, config, force=args.force) as dlq:
+        if not args.yes:
+            count = await dlq.count()
+            raise CommandError(
+                f"purge would drop {_messages(count)} from {args.queue!r} for good; "
+                "pass --yes to drop them"
+            )
+        dropped = await dlq.purge()
+    _write(f"purged {_messages(dropped)} from {args.queue}")
+    return EXIT_OK
+
+
+_DLQ_ACTIONS = {"list": _dlq_list, "replay": _dlq_replay, "purge": _dlq_purge}
+
+
+def _dlq(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    config = loaded.config
+    if parse_broker_uri(config.amqp_uri).is_memory:
+        raise CommandError(
+            f"dlq cannot reach the embedded broker {masked_uri(config.amqp_uri)}: it "
+            "lives inside the process that runs the services, and this command "
+            "runs in another. Point it at RabbitMQ: --broker "
+            f"amqp://user:password@host/, {ENV_PREFIX}AMQP_URI, or AMQP_URI in "
+            "--config (in the services' own process, "
+            "trioevents.open_dead_letter_queue works on memory:// too)"
+        )
+    check_dead_letter_queue_name(args.queue, force=args.force)
+    return trio.run(_DLQ_ACTIONS[args.action], config, args)
+
+
+# ------------------------------------------------------------------- main
+
+_COMMANDS = {
+    "dispatch": _dispatch,
+    "show-config": _show_config,
+    "asyncapi": _asyncapi,
+    "dlq": _dlq,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
