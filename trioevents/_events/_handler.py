@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import trio
 
+from .._connecting import LOST
 from .._exceptions import (
     ChannelClosedByBroker,
     ConsumerCancelled,
@@ -172,7 +173,6 @@ class EventHandler(Entrypoint):
                 "pass reliable_delivery=False."
             )
         self._consumer: abc.Consumer | None = None
-        self._intake = trio.CancelScope()
         self._stopping = trio.Event()
         self._received = False
         self._default_identifier = uuid.uuid4().hex
@@ -248,12 +248,10 @@ class EventHandler(Entrypoint):
         self._annotation = self.service.codec.payload_annotation(
             self.service.cls, self.method_name
         )
-        self._intake = trio.CancelScope()
         self._stopping = trio.Event()
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._intake.cancel()
         consumer = self._consumer
         if consumer is not None:
             await consumer.cancel()
@@ -413,8 +411,13 @@ class EventHandler(Entrypoint):
     ) -> None:
         """Consume *queue* until stopped (``_received`` tells if anything came).
 
-        Raises what ends consuming otherwise (e.g. ConsumerCancelled), once the
-        workers of this consumer that can still settle have finished.
+        A pool of ``max_workers`` workers takes the deliveries straight from the
+        consumer, one at a time each: no task per delivery and no hand-off.
+        The workers run in the host's worker nursery, so that a lost connection
+        does not cancel a handler (its settle then fails and the broker
+        redelivers). Raises what ends consuming otherwise (e.g.
+        ConsumerCancelled): once the workers that can still settle have
+        finished, or at once when the consumer's channel is gone.
         """
         connection = context.connection
         service = self.service
@@ -426,52 +429,52 @@ class EventHandler(Entrypoint):
             connection=connection,
             publisher=service.publisher,
         )
-        limiter = service.limiter
-        workers = context.worker_nursery
-        self._intake = trio.CancelScope()
-        if self._stopping.is_set():
-            self._intake.cancel()
         async with connection.open_consumer(
             queue.name, prefetch_count=service.prefetch_count
         ) as consumer:
             self._consumer = consumer
             logger.info("consuming %r for %s", queue.name, self._where)
-            in_flight = _InFlight()
+            pool = _Pool(service.max_workers)
             try:
+                for _ in range(pool.size):
+                    context.worker_nursery.start_soon(self._work, site, consumer, pool)
                 if ready is not None:
                     ready()
-                # stop() cancels the intake only: workers keep running, and a
-                # delivery taken but not started goes back when we close.
-                with self._intake:
-                    async for delivery in consumer:
-                        self._received = True
-                        # receive() was this iteration's checkpoint: only wait
-                        # for the limiter when every worker slot is busy.
-                        try:
-                            limiter.acquire_on_behalf_of_nowait(delivery)
-                        except trio.WouldBlock:
-                            await limiter.acquire_on_behalf_of(delivery)
-                        in_flight.count += 1
-                        workers.start_soon(self._handle, site, delivery, in_flight)
-            except ConsumerCancelled:
-                # The channel is still open: let the workers settle on it.
-                await in_flight.wait_idle()
-                raise
-            else:
-                # Stopping: keep the consumer (and so the deliveries' channel)
-                # open until our in-flight workers settled their deliveries.
-                await in_flight.wait_idle()
+                if self._stopping.is_set():
+                    await consumer.cancel()
+                # Stopping (the consumer cancelled) or a broker cancel: the
+                # channel stays open until our workers settled on it.
+                await pool.wait()
             finally:
                 self._consumer = None
+            if pool.error is not None:
+                raise pool.error
 
-    async def _handle(
-        self, site: HandlerSite, delivery: Delivery, in_flight: _InFlight
+    async def _work(
+        self, site: HandlerSite, consumer: abc.Consumer, pool: _Pool
     ) -> None:
+        """One worker of the pool: receive, handle, settle; again until it ends."""
+        limiter = self.service.limiter
         try:
-            await self._handle_delivery(site, delivery)
+            while True:
+                try:
+                    delivery = await consumer.receive()
+                except trio.EndOfChannel:
+                    return  # the consumer was cancelled: stopping
+                except (ConsumerCancelled, ChannelClosedByBroker, *LOST) as exc:
+                    pool.fail(exc)
+                    return
+                self._received = True
+                try:
+                    limiter.acquire_on_behalf_of_nowait(delivery)
+                except trio.WouldBlock:
+                    await limiter.acquire_on_behalf_of(delivery)
+                try:
+                    await self._handle_delivery(site, delivery)
+                finally:
+                    limiter.release_on_behalf_of(delivery)
         finally:
-            self.service.limiter.release_on_behalf_of(delivery)
-            in_flight.done()
+            pool.exited()
 
     async def _handle_delivery(self, site: HandlerSite, delivery: Delivery) -> None:
         props = delivery.properties
@@ -586,29 +589,34 @@ def _consumer_timeout_advice(exc: ChannelClosedByBroker) -> str:
     return ""
 
 
-class _InFlight:
-    """Counts one consumer's running workers; lets it wait until none is left.
+class _Pool:
+    """The workers of one consumer: how many are left, and why consuming ended."""
 
-    Workers run in the host's worker nursery, not in the consumer task, so that a
-    lost connection does not cancel them (their settle fails and the broker
-    redelivers; their dispatches wait for the reconnect).
-    """
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.live = size
+        self.error: BaseException | None = None
+        self._done = trio.Event()
 
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle: trio.Event | None = None
+    def fail(self, error: BaseException) -> None:
+        """A worker's receive failed: remember the first reason.
 
-    def done(self) -> None:
-        self.count -= 1
-        if self.count == 0 and self._idle is not None:
-            self._idle.set()
+        A broker cancel leaves the channel open, so the pool ends once every
+        worker settled its delivery; a closed channel or connection ends it at
+        once (what the others hold can no longer be settled anyway).
+        """
+        if self.error is None:
+            self.error = error
+        if not isinstance(error, ConsumerCancelled):
+            self._done.set()
 
-    async def wait_idle(self) -> None:
-        if self.count:
-            self._idle = trio.Event()
-            await self._idle.wait()
-        else:
-            await trio.lowlevel.checkpoint()
+    def exited(self) -> None:
+        self.live -= 1
+        if self.live == 0:
+            self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
 
 
 def _with_signature_of(

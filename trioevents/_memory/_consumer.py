@@ -123,12 +123,13 @@ class MemoryConsumer(abc.Consumer):
     # -- the seam
 
     async def receive(self) -> Delivery:
+        # A buffered delivery is returned without a trip through the scheduler
+        # (only a cancellation is checked for): its worker acks it, and an ack
+        # yields, so a worker still lets others run once per delivery.
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             if self._buffer:
-                delivery = self._buffer.popleft()
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return delivery
+                return self._buffer.popleft()
             if self._state == "cancelled":
                 raise trio.EndOfChannel
             if self._state == "broker-cancelled":
