@@ -1,0 +1,103 @@
+"""Closing RabbitMQ connections: prompt when cancelled, a full handshake always (#12).
+
+A connection closes with a close handshake (``Connection.Close`` and the broker's
+``Close-Ok``), also when its body was cancelled: the reader and the writer keep
+running for it. Cancelling a host or a dispatcher used to wait out the close
+timeout (5 s) instead, because the tasks the handshake needs had been cancelled
+with the body. The bound asserted here (2 s) is generous: the close takes
+milliseconds. ``tests/amqp/test_connection.py`` has the same on a scripted broker,
+in virtual time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from trioevents import ServiceHost, event_handler
+
+from ..support.brokers import dispatch, queue_depth
+
+pytestmark = pytest.mark.rabbitmq
+
+#: How long a cancelled close may take at most here (it used to take 5 s).
+PROMPT = 2.0
+DEADLINE = 60
+QUEUE = "evt-src-ping--holding.handle"
+
+
+class Holding:
+    """A handler that records each event and holds it until released."""
+
+    name = "holding"
+    handled: trio.Event
+    release: trio.Event
+
+    @event_handler("src", "ping")
+    async def handle(self, payload: Any) -> None:
+        Holding.handled.set()
+        await Holding.release.wait()
+
+
+@pytest.fixture(autouse=True)
+def fresh_events() -> None:
+    Holding.handled = trio.Event()
+    Holding.release = trio.Event()
+
+
+async def test_cancelling_serve_returns_at_once(rabbit_vhost: str) -> None:
+    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost})
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.serve)
+            cancelled_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() - cancelled_at < PROMPT
+
+
+async def test_cancelling_a_busy_host_returns_at_once_and_its_event_comes_back(
+    rabbit_vhost: str,
+) -> None:
+    """The handler is cancelled unacked: the close makes the broker requeue it."""
+    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost})
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.serve)
+            await dispatch(rabbit_vhost, "src", "ping", {"n": 1})
+            await Holding.handled.wait()
+            cancelled_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        elapsed = trio.current_time() - cancelled_at
+        assert await queue_depth(rabbit_vhost, QUEUE) == 1
+    assert elapsed < PROMPT
+
+
+async def test_a_deadline_around_a_dispatcher_ends_it_at_once(
+    rabbit_vhost: str,
+) -> None:
+    host = ServiceHost([], {"AMQP_URI": rabbit_vhost})
+    with trio.fail_after(DEADLINE):
+        async with host.dispatcher() as send:  # connect outside the deadline
+            await send("src", "ping", {"n": 1})
+        with trio.move_on_after(0.2) as scope:
+            async with host.dispatcher():
+                await trio.sleep_forever()
+        ended_at = trio.current_time()
+    assert scope.cancelled_caught
+    assert ended_at - scope.deadline < PROMPT
+
+
+async def test_stop_past_the_grace_period_returns_at_once(rabbit_vhost: str) -> None:
+    grace = 0.5
+    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost, "SHUTDOWN_GRACE": grace})
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(host.serve)
+            await dispatch(rabbit_vhost, "src", "ping", {"n": 1})
+            await Holding.handled.wait()
+            stopped_at = trio.current_time()
+            await host.stop()
+            elapsed = trio.current_time() - stopped_at
+    assert elapsed < grace + PROMPT
