@@ -19,6 +19,7 @@ import trio
 from trioevents import ServiceHost, event_handler
 
 from ..support.brokers import dispatch, queue_depth
+from ..support.tcpproxy import TcpProxy, open_tcp_proxy, upstream_port, via
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -101,3 +102,64 @@ async def test_stop_past_the_grace_period_returns_at_once(rabbit_vhost: str) -> 
             await host.stop()
             elapsed = trio.current_time() - stopped_at
     assert elapsed < grace + PROMPT
+
+
+def _handshakes(proxy: TcpProxy) -> dict[int, list[str]]:
+    """Per connection, the close methods the proxy saw, as "direction name"."""
+    closing = {"Connection.Close", "Connection.CloseOk", "Channel.Close"}
+    seen: dict[int, list[str]] = {}
+    for method in proxy.methods:
+        if method.name in closing or method.name == "Channel.CloseOk":
+            seen.setdefault(method.link, []).append(f"{method.direction} {method.name}")
+    return dict(sorted(seen.items()))
+
+
+#: A host's connection: the consumer's channel, then the connection.
+SERVE_CLOSE = [
+    "up Channel.Close",
+    "down Channel.CloseOk",
+    "up Connection.Close",
+    "down Connection.CloseOk",
+]
+#: A dispatcher's connection: the connection only (its channels go with it).
+DISPATCHER_CLOSE = ["up Connection.Close", "down Connection.CloseOk"]
+
+
+async def test_a_normal_exit_closes_with_a_full_handshake(rabbit_vhost: str) -> None:
+    with trio.fail_after(DEADLINE):
+        async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
+            host = ServiceHost([Holding], {"AMQP_URI": via(proxy, rabbit_vhost)})
+            async with trio.open_nursery() as nursery:
+                await nursery.start(host.serve)
+                async with host.dispatcher() as send:
+                    await send("src", "other", {"n": 1})
+                await host.stop()
+            await proxy.wait_method("Connection.CloseOk", "down", count=2)
+    assert _handshakes(proxy) == {1: SERVE_CLOSE, 2: DISPATCHER_CLOSE}
+
+
+async def test_a_cancelled_exit_still_closes_with_a_full_handshake(
+    rabbit_vhost: str,
+) -> None:
+    """Not a dropped socket: the broker sees the client close, and answers it."""
+    with trio.fail_after(DEADLINE):
+        async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
+            host = ServiceHost([Holding], {"AMQP_URI": via(proxy, rabbit_vhost)})
+            async with trio.open_nursery() as nursery:
+                await nursery.start(host.serve)
+                with trio.move_on_after(0.2):
+                    async with host.dispatcher():
+                        await trio.sleep_forever()
+                cancelled_at = trio.current_time()
+                nursery.cancel_scope.cancel()
+            elapsed = trio.current_time() - cancelled_at
+            await proxy.wait_method("Connection.CloseOk", "down", count=2)
+    assert elapsed < PROMPT
+    served, dispatched = _handshakes(proxy).values()
+    assert dispatched == DISPATCHER_CLOSE
+    # RabbitMQ may leave the consumer's Channel.Close unanswered: the
+    # Connection.Close right behind it closes every channel.
+    up = [name for name in served if name.startswith("up")]
+    down = [name for name in served if name.startswith("down")]
+    assert up == ["up Channel.Close", "up Connection.Close"]
+    assert down[-1] == "down Connection.CloseOk"

@@ -47,18 +47,26 @@ from __future__ import annotations
 import math
 import socket
 import struct
+import urllib.parse
 from collections import Counter
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import attrs
 import trio
-from pamqp import commands, frame as pamqp_frame
+from pamqp import base as pamqp_base, commands, frame as pamqp_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["Method", "ProxyStatistics", "TcpProxy", "open_tcp_proxy"]
+__all__ = [
+    "Method",
+    "ProxyStatistics",
+    "TcpProxy",
+    "open_tcp_proxy",
+    "upstream_port",
+    "via",
+]
 
 Direction = Literal["up", "down"]
 
@@ -126,12 +134,16 @@ class Method:
         The channel number.
     name
         pamqp's name for the method, e.g. ``"Channel.Close"``.
+    method
+        The method as pamqp decoded it, e.g. a ``Basic.Deliver`` with its
+        ``redelivered`` flag.
     """
 
     direction: Direction
     link: int
     channel: int
     name: str
+    method: pamqp_base.Frame = attrs.field(eq=False, repr=False)
 
 
 @attrs.define(eq=False)
@@ -419,8 +431,9 @@ class TcpProxy:
         method = None
         if kind == _METHOD_FRAME:
             _, _, method = pamqp_frame.unmarshal(frame)
+            assert isinstance(method, pamqp_base.Frame)
             name = method.name
-            self.methods.append(Method(direction, link.number, channel, name))
+            self.methods.append(Method(direction, link.number, channel, name, method))
             self._method_counts[direction, name] += 1
             self._notify()
             if isinstance(method, commands.Basic.Consume) and direction == "up":
@@ -637,6 +650,19 @@ class TcpProxy:
                     except _BROKEN:
                         return
                     self._bytes[direction] += len(piece)
+
+
+def upstream_port(uri: str) -> int:
+    """The port of the broker *uri* names (5672 if it names none)."""
+    return urllib.parse.urlsplit(uri).port or 5672
+
+
+def via(proxy: TcpProxy, uri: str) -> str:
+    """Return *uri* pointed at *proxy* (credentials and vhost kept)."""
+    parts = urllib.parse.urlsplit(uri)
+    login = parts.netloc.rpartition("@")[0]
+    netloc = f"{login}@127.0.0.1:{proxy.port}" if login else f"127.0.0.1:{proxy.port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 @asynccontextmanager
