@@ -16,6 +16,7 @@ from ._events import (
 )
 from ._exceptions import (
     AccessRefused as AccessRefused,
+    AccessRefusedByBroker as AccessRefusedByBroker,
     AlreadySettled as AlreadySettled,
     BrokerUnavailable as BrokerUnavailable,
     ChannelClosedByBroker as ChannelClosedByBroker,
@@ -64,6 +65,7 @@ __all__ = [
     "SERVICE_POOL",
     "SINGLETON",
     "AccessRefused",
+    "AccessRefusedByBroker",
     "AlreadySettled",
     "Backoff",
     "BrokerUnavailable",

@@ -69,7 +69,7 @@ CONCURRENCY = 32
 #: Generous: the broker shares two cores with the tests (and other test runs).
 DEADLINE = 120
 #: What the host logs when it loses its connection (or fails to reconnect).
-LOST = "connection lost to"
+LOST = "connection lost"
 
 
 # --------------------------------------------------------------------------- counting

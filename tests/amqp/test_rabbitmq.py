@@ -18,12 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from trioevents import ServiceHost
 from trioevents._exceptions import (
+    AccessRefusedByBroker,
     BrokerUnavailable,
     PublishNotConfirmed,
 )
 from trioevents._message import Properties
 from trioevents.amqp import AmqpTransport
+
+from ..support.tcpproxy import open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
     import pathlib
@@ -296,3 +300,30 @@ async def test_amqps_through_tls(
         insecure = AmqpTransport(uri, ssl_options={"cert_reqs": ssl.CERT_NONE})
         async with insecure.open_connection() as conn:
             assert conn.server_properties["product"] == "RabbitMQ"
+
+
+@pytest.mark.parametrize("refused", ["password", "vhost"])
+async def test_a_refused_login_or_vhost_fails_at_the_first_attempt(
+    rabbit_vhost: str, refused: str
+) -> None:
+    """403 or 530 while connecting cannot succeed on a retry: fail at once.
+
+    It used to be retried ``CONNECT_ATTEMPTS`` times. The proxy counts the
+    attempts.
+    """
+    with trio.fail_after(_DEADLINE):
+        async with open_tcp_proxy(upstream_port(rabbit_vhost)) as proxy:
+            uri = via(proxy, rabbit_vhost)
+            if refused == "password":
+                uri, expected = uri.replace("guest:guest@", "guest:wrong@"), "403"
+            else:
+                uri, expected = _with(uri, path="/no-such-vhost"), "530"
+            host = ServiceHost(
+                [], {"AMQP_URI": uri, "CONNECT_ATTEMPTS": 5, "RECONNECT_DELAY": 0.01}
+            )
+            with pytest.raises(AccessRefusedByBroker, match=expected) as caught:
+                await host.serve()
+            attempts = proxy.statistics().accepted
+    assert attempts == 1
+    assert caught.value.reply_code == int(expected)
+    assert "AMQP_URI" in str(caught.value)  # says what to fix

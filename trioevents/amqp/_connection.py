@@ -41,6 +41,7 @@ import trio
 
 from .. import abc
 from .._exceptions import (
+    AccessRefusedByBroker,
     BrokerUnavailable,
     ChannelClosedByBroker,
     ConnectionLost,
@@ -155,9 +156,11 @@ async def open_amqp_connection(
 
     Raises
     ------
+    AccessRefusedByBroker
+        The broker refused the login (403) or the virtual host (530).
     BrokerUnavailable
-        The handshake failed: the broker refused the login or the virtual host,
-        closed the stream, did not answer in time or does not speak AMQP 0-9-1.
+        The handshake failed otherwise: the broker closed the stream, did not
+        answer in time or does not speak AMQP 0-9-1.
     ConnectionLost
         The connection was lost while the body ran.
     """
@@ -203,6 +206,30 @@ async def open_amqp_connection(
             await trio.aclose_forcefully(stream)
     if conn._mux.failure is not None:
         raise fresh(conn._mux.failure)
+
+
+#: What to fix when the broker refuses the login (403) or the vhost (530).
+_ACCESS_ADVICE: Final = {
+    403: "check the user name and password in AMQP_URI (with "
+    "auth_mechanism=EXTERNAL, the client certificate)",
+    530: "create the virtual host or fix the path of AMQP_URI, and check that "
+    "the user has permissions on it",
+}
+
+
+def _refusal(peer: str, event: ConnectionClosed) -> BrokerUnavailable:
+    """The error for a broker that closed the connection during the handshake.
+
+    A refused login or virtual host is :class:`~trioevents.AccessRefusedByBroker`,
+    saying what to fix: trying again cannot help.
+    """
+    refused = f"{peer} refused the connection: {event.reply_code} {event.reply_text}"
+    advice = _ACCESS_ADVICE.get(event.reply_code)
+    if advice is None:
+        return BrokerUnavailable(refused)
+    return AccessRefusedByBroker(
+        f"{refused.rstrip('.')}; {advice}", event.reply_code, event.reply_text
+    )
 
 
 def _heartbeat_seconds(heartbeat: float | None) -> int:
@@ -309,10 +336,7 @@ class AmqpConnection(abc.Connection):
                             if proto.pending_output:
                                 with trio.move_on_after(1):
                                     await stream.send_all(proto.data_to_send())
-                            raise BrokerUnavailable(
-                                f"{self._peer} refused the connection: "
-                                f"{event.reply_code} {event.reply_text}"
-                            )
+                            raise _refusal(self._peer, event)
                         if isinstance(event, EOFReceived):
                             raise BrokerUnavailable(
                                 f"{self._peer} closed the connection during the "

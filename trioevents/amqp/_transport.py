@@ -236,10 +236,13 @@ class AmqpTransport(abc.Transport):
 
         Raises
         ------
+        AccessRefusedByBroker
+            The broker refused the login or the virtual host; the message says
+            what to fix.
         BrokerUnavailable
-            The broker cannot be reached, the TLS handshake failed, or the
-            broker refused the login or the virtual host. The message names the
-            URI with its password masked.
+            The broker cannot be reached or the TLS handshake failed. The
+            message names the URI with its password masked and says why (e.g.
+            ``Connection refused``).
         ConnectionLost
             The connection was lost while the body ran.
         """
