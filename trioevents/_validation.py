@@ -7,11 +7,14 @@ Both transports call these so that the same bad request raises the same
 from __future__ import annotations
 
 import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._exceptions import InvalidRequest
 from ._fieldtable import check_shortstr as _shortstr, check_table
 from ._message import ExchangeType, Properties
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "MAX_EXPIRATION",
@@ -94,15 +97,11 @@ def check_properties(properties: object) -> Properties:
         value = getattr(p, field)
         if value is not None:
             _shortstr(value, field)
-    if p.headers is not None:
-        check_table(p.headers, "headers")
-        for key in _ROUTING_HEADERS:
-            routes = p.headers.get(key)
-            if routes is not None and not isinstance(routes, list | tuple):
-                raise InvalidRequest(
-                    f"header {key!r} must be a list of routing keys (RabbitMQ "
-                    f"routes by it), not {type(routes).__name__}"
-                )
+    headers = p.headers
+    if headers is not None:
+        check_table(headers, "headers")
+        if "CC" in headers or "BCC" in headers:
+            _check_routing_headers(headers)
     if p.delivery_mode is not None and p.delivery_mode not in (1, 2):
         raise InvalidRequest(f"delivery_mode must be 1 or 2, not {p.delivery_mode!r}")
     if p.priority is not None and not check_int(p.priority, 0, 255):
@@ -131,6 +130,17 @@ def check_expiration(expiration: object) -> str:
             f"{MAX_EXPIRATION} as a string of digits, not {expiration!r}"
         )
     return text
+
+
+def _check_routing_headers(headers: Mapping[str, object]) -> None:
+    """Check ``CC`` / ``BCC``: RabbitMQ routes by them, and takes arrays only."""
+    for key in _ROUTING_HEADERS:
+        routes = headers.get(key)
+        if routes is not None and not isinstance(routes, list | tuple):
+            raise InvalidRequest(
+                f"header {key!r} must be a list of routing keys (RabbitMQ "
+                f"routes by it), not {type(routes).__name__}"
+            )
 
 
 _EMPTY = Properties()

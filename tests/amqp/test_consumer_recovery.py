@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+from pamqp import commands
 
 from trioevents import BROADCAST, ResourceLocked, ServiceHost, event_handler
 
@@ -124,7 +125,7 @@ async def test_a_consumer_timeout_is_survived_and_the_delivery_handled_again(
     delivered = [
         m.method.redelivered
         for m in proxy.methods
-        if m.direction == "down" and m.name == "Basic.Deliver"
+        if m.direction == "down" and isinstance(m.method, commands.Basic.Deliver)
     ]
     assert delivered[:1] == [False]
     assert delivered.count(True) == 1  # the same message, redelivered
