@@ -11,14 +11,13 @@ in virtual time.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 
-from trioevents import ServiceHost, event_handler
+from trioevents import ServiceHost
 
 from ..support.brokers import dispatch, queue_depth
+from ..support.recording import Gate, Recorder, recording_service
 from ..support.tcpproxy import TcpProxy, open_tcp_proxy, upstream_port, via
 
 pytestmark = pytest.mark.rabbitmq
@@ -29,27 +28,13 @@ DEADLINE = 60
 QUEUE = "evt-src-ping--holding.handle"
 
 
-class Holding:
-    """A handler that records each event and holds it until released."""
-
-    name = "holding"
-    handled: trio.Event
-    release: trio.Event
-
-    @event_handler("src", "ping")
-    async def handle(self, payload: Any) -> None:
-        Holding.handled.set()
-        await Holding.release.wait()
-
-
-@pytest.fixture(autouse=True)
-def fresh_events() -> None:
-    Holding.handled = trio.Event()
-    Holding.release = trio.Event()
+def holding(recorder: Recorder, gate: Gate) -> type:
+    """A service whose handler records each event and holds it until released."""
+    return recording_service("holding", "src", "ping", recorder, gate)
 
 
 async def test_cancelling_serve_returns_at_once(rabbit_vhost: str) -> None:
-    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost})
+    host = ServiceHost([holding(Recorder(), Gate())], {"AMQP_URI": rabbit_vhost})
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
@@ -62,12 +47,13 @@ async def test_cancelling_a_busy_host_returns_at_once_and_its_event_comes_back(
     rabbit_vhost: str,
 ) -> None:
     """The handler is cancelled unacked: the close makes the broker requeue it."""
-    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost})
+    recorder = Recorder()
+    host = ServiceHost([holding(recorder, Gate())], {"AMQP_URI": rabbit_vhost})
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
             await dispatch(rabbit_vhost, "src", "ping", {"n": 1})
-            await Holding.handled.wait()
+            await recorder.wait_for(1)
             cancelled_at = trio.current_time()
             nursery.cancel_scope.cancel()
         elapsed = trio.current_time() - cancelled_at
@@ -92,12 +78,15 @@ async def test_a_deadline_around_a_dispatcher_ends_it_at_once(
 
 async def test_stop_past_the_grace_period_returns_at_once(rabbit_vhost: str) -> None:
     grace = 0.5
-    host = ServiceHost([Holding], {"AMQP_URI": rabbit_vhost, "SHUTDOWN_GRACE": grace})
+    recorder = Recorder()
+    host = ServiceHost(
+        [holding(recorder, Gate())], {"AMQP_URI": rabbit_vhost, "SHUTDOWN_GRACE": grace}
+    )
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
             await dispatch(rabbit_vhost, "src", "ping", {"n": 1})
-            await Holding.handled.wait()
+            await recorder.wait_for(1)
             stopped_at = trio.current_time()
             await host.stop()
             elapsed = trio.current_time() - stopped_at
@@ -128,7 +117,9 @@ DISPATCHER_CLOSE = ["up Connection.Close", "down Connection.CloseOk"]
 async def test_a_normal_exit_closes_with_a_full_handshake(rabbit_vhost: str) -> None:
     with trio.fail_after(DEADLINE):
         async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
-            host = ServiceHost([Holding], {"AMQP_URI": via(proxy, rabbit_vhost)})
+            host = ServiceHost(
+                [holding(Recorder(), Gate())], {"AMQP_URI": via(proxy, rabbit_vhost)}
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 async with host.dispatcher() as send:
@@ -144,7 +135,9 @@ async def test_a_cancelled_exit_still_closes_with_a_full_handshake(
     """Not a dropped socket: the broker sees the client close, and answers it."""
     with trio.fail_after(DEADLINE):
         async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
-            host = ServiceHost([Holding], {"AMQP_URI": via(proxy, rabbit_vhost)})
+            host = ServiceHost(
+                [holding(Recorder(), Gate())], {"AMQP_URI": via(proxy, rabbit_vhost)}
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 with trio.move_on_after(0.2):

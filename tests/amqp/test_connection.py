@@ -27,7 +27,13 @@ from trioevents.amqp._connection import (
     open_amqp_connection,
 )
 
-from .fake_broker import FakeBroker, connection, publish_task, start_task
+from .fake_broker import (
+    FakeBroker,
+    connection,
+    publish_task,
+    start_broker,
+    start_task,
+)
 
 # --------------------------------------------------------------------------- handshake
 
@@ -112,9 +118,7 @@ async def test_close_handshake_ends_the_connection(
 async def test_a_normal_exit_waits_for_the_brokers_close_ok(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    client_stream, broker_stream = trio.testing.memory_stream_pair()
-    broker = FakeBroker(broker_stream)
-    nursery.start_soon(broker.handshake)
+    client_stream, broker = start_broker(nursery)
     asked: list[float] = []
 
     async def answer_late() -> None:
@@ -137,9 +141,7 @@ async def test_a_cancelled_exit_still_sends_what_was_queued_and_closes_at_once(
     Channel.Close and Connection.Close; the broker's Close-Ok is read: the whole
     close takes no (virtual) time, not the close timeout.
     """
-    client_stream, broker_stream = trio.testing.memory_stream_pair()
-    broker = FakeBroker(broker_stream)
-    nursery.start_soon(broker.handshake)
+    client_stream, broker = start_broker(nursery)
     seen: list[str] = []
 
     async def serve() -> None:
@@ -170,9 +172,7 @@ async def test_a_cancelled_exit_still_sends_what_was_queued_and_closes_at_once(
 async def test_a_cancelled_close_gives_a_silent_broker_up_quickly(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    client_stream, broker_stream = trio.testing.memory_stream_pair()
-    broker = FakeBroker(broker_stream)
-    nursery.start_soon(broker.handshake)
+    client_stream, _ = start_broker(nursery)
     with trio.CancelScope() as scope:
         async with open_amqp_connection(client_stream, close_timeout=5):
             scope.cancel()

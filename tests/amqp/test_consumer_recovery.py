@@ -19,16 +19,16 @@ The host recovers from both on its own and never stops serving.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 from pamqp import commands
 
-from trioevents import BROADCAST, ResourceLocked, ServiceHost, event_handler
+from trioevents import BROADCAST, ResourceLocked, ServiceHost
 
 from ..support.brokers import dispatch, queue_depth, queue_exists
-from ..support.recording import Recorder, watch_log
+from ..support.recording import Gate, Recorder, recording_service, watch_log
 from ..support.tcpproxy import open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
@@ -39,47 +39,6 @@ pytestmark = pytest.mark.rabbitmq
 #: Generous: the broker shares two cores with the tests.
 DEADLINE = 60
 HELD_QUEUE = "evt-src-hold--holding.handle"
-
-recorder = Recorder()
-release = trio.Event()
-
-
-@pytest.fixture(autouse=True)
-def fresh_state() -> None:
-    global recorder, release
-    recorder = Recorder()
-    release = trio.Event()
-
-
-class Holding:
-    """Holds each delivery until the test releases it."""
-
-    name = "holding"
-
-    @event_handler("src", "hold")
-    async def handle(self, payload: Any) -> None:
-        recorder.record("held", payload["n"])
-        await release.wait()
-
-
-class Other:
-    """Another service of the same host, which must never stop."""
-
-    name = "other"
-
-    @event_handler("src", "other")
-    async def handle(self, payload: Any) -> None:
-        recorder.record("other", payload["n"])
-
-
-class Listener:
-    """A broadcast handler without reliable delivery: an exclusive queue."""
-
-    name = "listener"
-
-    @event_handler("src", "news", handler_type=BROADCAST, reliable_delivery=False)
-    async def handle(self, payload: Any) -> None:
-        recorder.record("news", payload["n"])
 
 
 def _host(services: list[type], proxy: TcpProxy, uri: str) -> ServiceHost:
@@ -98,12 +57,16 @@ async def test_a_consumer_timeout_is_survived_and_the_delivery_handled_again(
     (redelivered) and handles it; its connection and its other service were
     never interrupted.
     """
+    recorder, gate = Recorder(), Gate()
+    # A handler that holds its delivery, and another service of the same host.
+    holding = recording_service("holding", "src", "hold", recorder, gate)
+    other = recording_service("other", "src", "other", recorder)
     with (
         watch_log("trioevents", logging.INFO) as log,
         trio.fail_after(DEADLINE),
     ):
         async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
-            host = _host([Holding, Other], proxy, rabbit_vhost)
+            host = _host([holding, other], proxy, rabbit_vhost)
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 await dispatch(rabbit_vhost, "src", "hold", {"n": 1})
@@ -115,10 +78,10 @@ async def test_a_consumer_timeout_is_survived_and_the_delivery_handled_again(
                 await recorder.wait_for(2)
                 await dispatch(rabbit_vhost, "src", "other", {"n": 2})
                 await recorder.wait_for(3)
-                release.set()
+                gate.release.set()
                 await host.stop()
             assert await queue_depth(rabbit_vhost, HELD_QUEUE) == 0
-    assert sorted(recorder.calls) == [("held", 1), ("held", 1), ("other", 2)]
+    assert sorted(recorder.calls) == [("holding", 1), ("holding", 1), ("other", 2)]
     [advice] = [m for m in log.messages if "consumer_timeout" in m]
     assert "406 PRECONDITION_FAILED - delivery acknowledgement" in advice
     assert "timeout=" in advice
@@ -143,14 +106,23 @@ async def test_a_broadcast_handler_reconnects_past_its_held_exclusive_queue(
     handler (default identifier) takes a fresh queue and keeps receiving events;
     ``serve()`` never dies.
     """
+    recorder = Recorder()
+    # Only the broadcast handler: a shared queue would share its events with
+    # the consumer the broker still holds for the old connection.
+    listener = recording_service(
+        "listener",
+        "src",
+        "news",
+        recorder,
+        handler_type=BROADCAST,
+        reliable_delivery=False,
+    )
     with (
         watch_log("trioevents", logging.INFO) as log,
         trio.fail_after(DEADLINE),
     ):
         async with open_tcp_proxy(upstream_port(rabbit_vhost)) as proxy:
-            # Only the broadcast handler: a shared queue would share its events
-            # with the consumer the broker still holds for the old connection.
-            host = _host([Listener], proxy, rabbit_vhost)
+            host = _host([listener], proxy, rabbit_vhost)
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 await dispatch(rabbit_vhost, "src", "news", {"n": 1})
@@ -166,7 +138,7 @@ async def test_a_broadcast_handler_reconnects_past_its_held_exclusive_queue(
                 await recorder.wait_for(2)
                 assert host.serving
                 await host.stop()
-    assert recorder.calls == [("news", 1), ("news", 2)]
+    assert recorder.calls == [("listener", 1), ("listener", 2)]
     old_again, new = _consumed(log.messages)
     assert old_again == old
     assert new != old

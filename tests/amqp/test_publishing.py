@@ -213,10 +213,39 @@ async def test_blocked_connection_holds_publishes(
 # --------------------------------------------------------------------------- refusals
 
 
-async def test_publish_to_a_missing_exchange_fails_alone(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+@pytest.mark.parametrize(
+    ("exchange", "properties", "code", "text", "error"),
+    [
+        pytest.param(
+            "missing",
+            None,
+            404,
+            "no exchange 'missing' in vhost '/'",
+            NotFound,
+            id="missing exchange",
+        ),
+        pytest.param(
+            # We do not check user ids ourselves: RabbitMQ does, and names it.
+            "x",
+            Properties(user_id="it's me"),
+            406,
+            "user_id property set to 'it's me' but authenticated user was 'guest'",
+            PreconditionFailed,
+            id="foreign user id",
+        ),
+    ],
+)
+async def test_a_refusal_that_names_the_publish_fails_it_alone(
+    exchange: str,
+    properties: Properties | None,
+    code: int,
+    text: str,
+    error: type[Exception],
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
 ) -> None:
-    """The reply names the exchange: that publish fails, the others are re-sent.
+    """The reply names the exchange or user id: that publish fails, the others
+    are sent again.
 
     The one before it was routed, but its confirm can no longer come: it is sent
     again too (at least once).
@@ -224,49 +253,21 @@ async def test_publish_to_a_missing_exchange_fails_alone(
     with trio.fail_after(GUARD):
         async with connection(nursery) as (conn, broker):
             before = await publish_task(nursery, conn, "x", b"before")
-            refused = await publish_task(nursery, conn, "missing", b"refused")
-            after = await publish_task(nursery, conn, "x", b"after")
-            channel = await broker.open_channel(confirms=True)
-            for _ in range(3):
-                await broker.expect_message()
-            await broker.send(
-                (channel, _refusal(404, "no exchange 'missing' in vhost '/'"))
-            )
-            await broker.expect(commands.Channel.CloseOk, channel)
-            channel = await broker.open_channel(confirms=True)
-            bodies = [(await broker.expect_message())[2] for _ in range(2)]
-            assert bodies == [b"before", b"after"]
-            await broker.send((channel, commands.Basic.Ack(2, multiple=True)))
-            await trio.testing.wait_all_tasks_blocked()
-            assert isinstance(refused["error"], NotFound)
-            assert before == after == {"result": None}
-
-
-async def test_a_foreign_user_id_fails_alone(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
-) -> None:
-    """RabbitMQ names the user id it refused; we do not check user ids ourselves."""
-    with trio.fail_after(GUARD):
-        async with connection(nursery) as (conn, broker):
-            before = await publish_task(nursery, conn, "x", b"before")
             refused = await publish_task(
-                nursery, conn, "x", b"refused", properties=Properties(user_id="it's me")
+                nursery, conn, exchange, b"no", properties=properties
             )
             after = await publish_task(nursery, conn, "x", b"after")
             channel = await broker.open_channel(confirms=True)
             for _ in range(3):
                 await broker.expect_message()
-            text = (
-                "user_id property set to 'it's me' but authenticated user was 'guest'"
-            )
-            await broker.send((channel, _refusal(406, text)))
+            await broker.send((channel, _refusal(code, text)))
             await broker.expect(commands.Channel.CloseOk, channel)
             channel = await broker.open_channel(confirms=True)
             bodies = [(await broker.expect_message())[2] for _ in range(2)]
             assert bodies == [b"before", b"after"]
             await broker.send((channel, commands.Basic.Ack(2, multiple=True)))
             await trio.testing.wait_all_tasks_blocked()
-            assert isinstance(refused["error"], PreconditionFailed)
+            assert isinstance(refused["error"], error)
             assert before == after == {"result": None}
 
 

@@ -2,7 +2,7 @@
 
 A failed ``assert`` inside a handler is caught by the worker and shows up only as
 a timeout, so handlers record into a :class:`Recorder` and the test body waits
-for the calls, then asserts. A test that must wait for something the host only
+for the calls, then asserts (:func:`recording_service` builds such a service). A test that must wait for something the host only
 logs waits on a :class:`LogWatch`.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioevents import DependencyProvider, WorkerContext
+from trioevents import DependencyProvider, WorkerContext, event_handler
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -130,3 +130,27 @@ class Gate:
         finally:
             self.running -= 1
         self.finished += 1
+
+
+def recording_service(
+    name: str,
+    source: str,
+    event_type: str,
+    recorder: Recorder,
+    gate: Gate | None = None,
+    **options: Any,
+) -> type:
+    """A service *name* whose one handler records each event, then waits at *gate*.
+
+    The handler (``handle``, of *event_type* from *source*, with the
+    ``event_handler`` *options*) records ``(name, payload["n"])`` in *recorder*;
+    with a *gate*, it then holds its delivery until the gate is released.
+    """
+
+    async def handle(self: object, payload: dict[str, Any]) -> None:
+        recorder.record(name, payload["n"])
+        if gate is not None:
+            await gate.pass_through()
+
+    handler = event_handler(source, event_type, **options)(handle)
+    return type(name.title(), (), {"name": name, "handle": handler})
