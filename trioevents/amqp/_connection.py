@@ -186,9 +186,9 @@ async def open_amqp_connection(
         await conn._handshake(handshake_timeout)
         with unwrap_lone_exception():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn._serve_io)
-                nursery.start_soon(conn._heartbeater)
                 try:
+                    nursery.start_soon(conn._serve_io)
+                    nursery.start_soon(conn._heartbeater)
                     with trio.CancelScope() as body_scope:
                         conn._body_scope = body_scope
                         try:
