@@ -11,13 +11,15 @@ in virtual time.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
 from trioevents import ServiceHost
 
 from ..support.brokers import dispatch, queue_depth
-from ..support.recording import Gate, Recorder, recording_service
+from ..support.recording import Gate, Recorder, holding_service
 from ..support.tcpproxy import TcpProxy, open_tcp_proxy, upstream_port, via
 
 pytestmark = pytest.mark.rabbitmq
@@ -28,13 +30,16 @@ DEADLINE = 60
 QUEUE = "evt-src-ping--holding.handle"
 
 
-def holding(recorder: Recorder, gate: Gate) -> type:
-    """A service whose handler records each event and holds it until released."""
-    return recording_service("holding", "src", "ping", recorder, gate)
+def holding_host(
+    uri: str, recorder: Recorder | None = None, **config: Any
+) -> ServiceHost:
+    """A host on *uri* whose handler records each event and holds it for good."""
+    service = holding_service("holding", recorder or Recorder(), Gate(), "src", "ping")
+    return ServiceHost([service], {"AMQP_URI": uri, **config})
 
 
 async def test_cancelling_serve_returns_at_once(rabbit_vhost: str) -> None:
-    host = ServiceHost([holding(Recorder(), Gate())], {"AMQP_URI": rabbit_vhost})
+    host = holding_host(rabbit_vhost)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
@@ -48,7 +53,7 @@ async def test_cancelling_a_busy_host_returns_at_once_and_its_event_comes_back(
 ) -> None:
     """The handler is cancelled unacked: the close makes the broker requeue it."""
     recorder = Recorder()
-    host = ServiceHost([holding(recorder, Gate())], {"AMQP_URI": rabbit_vhost})
+    host = holding_host(rabbit_vhost, recorder)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
@@ -79,9 +84,7 @@ async def test_a_deadline_around_a_dispatcher_ends_it_at_once(
 async def test_stop_past_the_grace_period_returns_at_once(rabbit_vhost: str) -> None:
     grace = 0.5
     recorder = Recorder()
-    host = ServiceHost(
-        [holding(recorder, Gate())], {"AMQP_URI": rabbit_vhost, "SHUTDOWN_GRACE": grace}
-    )
+    host = holding_host(rabbit_vhost, recorder, SHUTDOWN_GRACE=grace)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
@@ -117,9 +120,7 @@ DISPATCHER_CLOSE = ["up Connection.Close", "down Connection.CloseOk"]
 async def test_a_normal_exit_closes_with_a_full_handshake(rabbit_vhost: str) -> None:
     with trio.fail_after(DEADLINE):
         async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
-            host = ServiceHost(
-                [holding(Recorder(), Gate())], {"AMQP_URI": via(proxy, rabbit_vhost)}
-            )
+            host = holding_host(via(proxy, rabbit_vhost))
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 async with host.dispatcher() as send:
@@ -135,9 +136,7 @@ async def test_a_cancelled_exit_still_closes_with_a_full_handshake(
     """Not a dropped socket: the broker sees the client close, and answers it."""
     with trio.fail_after(DEADLINE):
         async with open_tcp_proxy(upstream_port(rabbit_vhost), amqp=True) as proxy:
-            host = ServiceHost(
-                [holding(Recorder(), Gate())], {"AMQP_URI": via(proxy, rabbit_vhost)}
-            )
+            host = holding_host(via(proxy, rabbit_vhost))
             async with trio.open_nursery() as nursery:
                 await nursery.start(host.serve)
                 with trio.move_on_after(0.2):

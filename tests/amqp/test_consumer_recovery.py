@@ -28,7 +28,13 @@ from pamqp import commands
 from trioevents import BROADCAST, ResourceLocked, ServiceHost
 
 from ..support.brokers import dispatch, queue_depth, queue_exists
-from ..support.recording import Gate, Recorder, recording_service, watch_log
+from ..support.recording import (
+    Gate,
+    Recorder,
+    holding_service,
+    recording_service,
+    watch_log,
+)
 from ..support.tcpproxy import open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
@@ -59,8 +65,8 @@ async def test_a_consumer_timeout_is_survived_and_the_delivery_handled_again(
     """
     recorder, gate = Recorder(), Gate()
     # A handler that holds its delivery, and another service of the same host.
-    holding = recording_service("holding", "src", "hold", recorder, gate)
-    other = recording_service("other", "src", "other", recorder)
+    holding = holding_service("holding", recorder, gate, "src", "hold")
+    other = recording_service("other", lambda: recorder, "src", "other")
     with (
         watch_log("trioevents", logging.INFO) as log,
         trio.fail_after(DEADLINE),
@@ -111,9 +117,9 @@ async def test_a_broadcast_handler_reconnects_past_its_held_exclusive_queue(
     # the consumer the broker still holds for the old connection.
     listener = recording_service(
         "listener",
+        lambda: recorder,
         "src",
         "news",
-        recorder,
         handler_type=BROADCAST,
         reliable_delivery=False,
     )

@@ -2,7 +2,7 @@
 
 A failed ``assert`` inside a handler is caught by the worker and shows up only as
 a timeout, so handlers record into a :class:`Recorder` and the test body waits
-for the calls, then asserts (:func:`recording_service` builds such a service). A test that must wait for something the host only
+for the calls, then asserts. A test that must wait for something the host only
 logs waits on a :class:`LogWatch`.
 """
 
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioevents import DependencyProvider, WorkerContext, event_handler
+from trioevents import DependencyProvider, EventHandler, WorkerContext, event_handler
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import pytest
 
@@ -41,6 +41,40 @@ class Recorder:
             while len(self.calls) < count:
                 await self._changed.wait()
         return self.calls
+
+
+class StableBroadcast(EventHandler):
+    """A handler whose ``broadcast_identifier`` stays ``node-7`` across starts."""
+
+    @property
+    def broadcast_identifier(self) -> str:
+        return "node-7"
+
+
+def recording_service(
+    service_name: str,
+    recorder: Callable[[], Recorder],
+    source: str,
+    event_type: str,
+    *,
+    decorator: Callable[..., Callable[[Any], Any]] = event_handler,
+    **options: Any,
+) -> type:
+    """A service whose ``handle`` of *source*'s *event_type* records its payload.
+
+    It records ``(service_name, payload["n"])`` in ``recorder()`` (called at each
+    event: the test module's current recorder). *decorator* and *options* make
+    the handler (``StableBroadcast.decorator`` for a reliable broadcast).
+    """
+
+    class Service:
+        name = service_name
+
+        @decorator(source, event_type, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder().record(self.name, payload["n"])
+
+    return Service
 
 
 class WorkerCtx(DependencyProvider[WorkerContext]):
@@ -132,25 +166,26 @@ class Gate:
         self.finished += 1
 
 
-def recording_service(
-    name: str,
+def holding_service(
+    service_name: str,
+    recorder: Recorder,
+    gate: Gate,
     source: str,
     event_type: str,
-    recorder: Recorder,
-    gate: Gate | None = None,
     **options: Any,
 ) -> type:
-    """A service *name* whose one handler records each event, then waits at *gate*.
+    """A service whose ``handle`` records each event, then holds it at *gate*.
 
-    The handler (``handle``, of *event_type* from *source*, with the
-    ``event_handler`` *options*) records ``(name, payload["n"])`` in *recorder*;
-    with a *gate*, it then holds its delivery until the gate is released.
+    It records ``(service_name, payload["n"])`` in *recorder*, then waits until
+    the gate is released: its delivery stays unacked meanwhile.
     """
 
-    async def handle(self: object, payload: dict[str, Any]) -> None:
-        recorder.record(name, payload["n"])
-        if gate is not None:
+    class Service:
+        name = service_name
+
+        @event_handler(source, event_type, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder.record(self.name, payload["n"])
             await gate.pass_through()
 
-    handler = event_handler(source, event_type, **options)(handle)
-    return type(name.title(), (), {"name": name, "handle": handler})
+    return Service
