@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 import trio.testing
 
 from trioevents import (
+    AccessRefusedByBroker,
     BrokerUnavailable,
+    MemoryTransport,
     RemoteProtocolError,
     ServiceHost,
+    abc,
     event_handler,
 )
+from trioevents.testing import FlakyTransport
 
 from .support.brokers import dispatch, flaky_host, queue_depth, watch
 from .support.recording import Recorder, problems
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 recorder = Recorder()
 release = trio.Event()
@@ -85,6 +93,71 @@ async def test_connecting_gives_up_after_connect_attempts(
     with pytest.raises(BrokerUnavailable, match="3 attempts"):
         await connect()
     assert transport.attempts == 3
+
+
+class Refusing(abc.Transport):
+    """The embedded broker (with cuts), but the next connects fail with given errors."""
+
+    def __init__(self, uri: str) -> None:
+        self.inner = FlakyTransport(MemoryTransport.from_uri(uri))
+        self.refusals: list[BaseException] = []
+        self.attempts = 0
+
+    @asynccontextmanager
+    async def open_connection(self) -> AsyncIterator[abc.Connection]:
+        self.attempts += 1
+        if self.refusals:
+            raise self.refusals.pop(0)
+        async with self.inner.open_connection() as connection:
+            yield connection
+
+
+def refused_login() -> AccessRefusedByBroker:
+    return AccessRefusedByBroker(
+        "the broker refused the login", 403, "ACCESS_REFUSED - Login was refused"
+    )
+
+
+@pytest.mark.parametrize("client", ["serve", "dispatcher"])
+async def test_a_refused_login_is_not_retried_before_the_first_connection(
+    client: str, memory_uri: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """It cannot succeed until the config changes: it fails at the first attempt."""
+    transport = Refusing(memory_uri)
+    transport.refusals = [refused_login() for _ in range(10)]
+    host = ServiceHost(
+        [Counter], {"AMQP_URI": memory_uri, "CONNECT_ATTEMPTS": 5}, transport=transport
+    )
+
+    async def connect() -> None:
+        if client == "serve":
+            await host.serve()
+        else:
+            async with host.dispatcher():
+                pytest.fail("entered without a connection")
+
+    with pytest.raises(AccessRefusedByBroker, match="refused the login"):
+        await connect()
+    assert transport.attempts == 1
+
+
+async def test_a_refused_login_after_the_first_connection_is_retried(
+    nursery: trio.Nursery, memory_uri: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A broker that restarts may refuse logins for a moment: keep trying."""
+    transport = Refusing(memory_uri)
+    host = ServiceHost(
+        [Counter],
+        {"AMQP_URI": memory_uri, "CONNECT_ATTEMPTS": 2, "RECONNECT_DELAY": 1},
+        transport=transport,
+    )
+    await nursery.start(host.serve)
+    transport.refusals = [refused_login() for _ in range(3)]
+    transport.inner.cut()  # the broker restarts
+    await dispatch(memory_uri, "src", "ping", {"n": 1})
+    assert await recorder.wait_for(1, within=60) == [("handled", 1)]
+    assert transport.attempts == 5
+    nursery.cancel_scope.cancel()
 
 
 async def test_a_lost_connection_is_restored_and_nothing_is_lost(
@@ -191,7 +264,7 @@ async def test_an_unreachable_broker_never_shows_the_password(
     with pytest.raises(BrokerUnavailable) as caught:
         await host.serve()
     assert "amqp://guest:****@127.0.0.1:1/vhost" in str(caught.value)
-    assert problems(caplog, "cannot connect to amqp://guest:****@127.0.0.1:1/vhost")
+    assert problems(caplog, "cannot connect to 'amqp://guest:****@127.0.0.1:1/vhost'")
     assert SECRET not in all_text(caught.value, caplog)
     assert SECRET not in repr(host)
     assert SECRET not in repr(host.transport)

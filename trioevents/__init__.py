@@ -26,6 +26,7 @@ from ._events import (
 )
 from ._exceptions import (
     AccessRefused as AccessRefused,
+    AccessRefusedByBroker as AccessRefusedByBroker,
     AlreadySettled as AlreadySettled,
     BrokerUnavailable as BrokerUnavailable,
     ChannelClosedByBroker as ChannelClosedByBroker,
@@ -81,6 +82,7 @@ __all__ = [
     "SERVICE_POOL",
     "SINGLETON",
     "AccessRefused",
+    "AccessRefusedByBroker",
     "AlreadySettled",
     "Backoff",
     "BrokerUnavailable",

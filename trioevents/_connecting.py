@@ -3,8 +3,10 @@
 The reconnect policy lives here, next to the connecting it governs: capped
 exponential backoff with jitter (``RECONNECT_DELAY`` doubled per failure, up to
 ``RECONNECT_MAX_DELAY``), and ``CONNECT_ATTEMPTS`` tries before a keeper that was
-never ready gives up with :class:`~trioevents.BrokerUnavailable`. Once ready, a
-lost connection is retried for ever. The host's :meth:`serve
+never ready gives up with :class:`~trioevents.BrokerUnavailable`, or none when
+the broker refused the login or the virtual host
+(:class:`~trioevents.AccessRefusedByBroker`: only the configuration can fix
+that). Once ready, a lost connection is retried for ever. The host's :meth:`serve
 <trioevents.ServiceHost.serve>` and :meth:`ServiceHost.dispatcher
 <trioevents.ServiceHost.dispatcher>` both keep their connection with a
 :class:`ConnectionKeeper`.
@@ -17,7 +19,12 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from ._exceptions import BrokerUnavailable, ConnectionLost, RemoteProtocolError
+from ._exceptions import (
+    AccessRefusedByBroker,
+    BrokerUnavailable,
+    ConnectionLost,
+    RemoteProtocolError,
+)
 from ._groups import leaves
 from ._uri import masked_uri
 
@@ -84,6 +91,17 @@ class ConnectionKeeper:
         self._ready = False
         self._ready_on_this_connection = False
 
+    def _about(self, cause: BaseException, what: str, *, alone: str = "") -> str:
+        """Say ``"{what} {uri}: {cause}"``, naming the URI once.
+
+        The transport's errors may name the broker's URI already (the AMQP
+        transport's do): then it is ``"{alone}{cause}"``.
+        """
+        text = str(cause)
+        if self._uri in text:
+            return f"{alone}{text}"
+        return f"{what} {self._uri}: {text}"
+
     @property
     def ever_ready(self) -> bool:
         """Whether :meth:`ready` was called on some connection."""
@@ -111,6 +129,9 @@ class ConnectionKeeper:
 
         Raises
         ------
+        AccessRefusedByBroker
+            The broker refused the login or the virtual host before
+            :meth:`ready` was ever called (not retried).
         BrokerUnavailable
             ``CONNECT_ATTEMPTS`` failures in a row before :meth:`ready` was
             ever called.
@@ -135,20 +156,23 @@ class ConnectionKeeper:
             if stop is not None and stop.is_set():
                 self._logger.warning("connection lost while stopping: %s", cause)
                 return
+            if not self._ready and isinstance(cause, AccessRefusedByBroker):
+                raise cause  # only a change of the configuration can fix it
             failures = 1 if self._ready_on_this_connection else failures + 1
             if not self._ready and failures >= config.connect_attempts:
                 raise BrokerUnavailable(
-                    f"could not connect to {self._uri} ({failures} attempts): {cause}"
+                    f"{self._about(cause, 'could not connect to')} "
+                    f"(gave up after {failures} attempts)"
                 ) from cause
             delay = min(
                 config.reconnect_delay * 2 ** (failures - 1),
                 config.reconnect_max_delay,
             ) * random.uniform(0.5, 1.0)
             self._logger.warning(
-                "%s %s: %s; reconnecting in %.1f s (attempt %d)",
-                "connection lost to" if connected else "cannot connect to",
-                self._uri,
-                cause,
+                "%s; reconnecting in %.1f s (attempt %d)",
+                self._about(cause, "connection lost to", alone="connection lost: ")
+                if connected
+                else self._about(cause, "cannot connect to"),
                 delay,
                 failures + 1,
             )

@@ -11,6 +11,7 @@
         ├── InvalidRequest(ValueError)        refused before it reaches a broker
         ├── AlreadySettled                    a delivery acked / nacked / rejected twice
         ├── BrokerUnavailable                 connect / handshake failed
+        │   └── AccessRefusedByBroker         login or vhost refused: not retried
         ├── ConnectionLost                    heartbeat or socket loss
         ├── ConsumerCancelled                 the broker cancelled a consumer
         ├── PublishNotConfirmed               nack, unroutable ``mandatory``, overflow
@@ -33,6 +34,7 @@ from typing import final
 
 __all__ = [
     "AccessRefused",
+    "AccessRefusedByBroker",
     "AlreadySettled",
     "BrokerUnavailable",
     "ChannelClosedByBroker",
@@ -99,6 +101,34 @@ class AlreadySettled(TransportError):
 
 class BrokerUnavailable(TransportError):
     """The broker could not be reached, or refused the connection."""
+
+
+@final
+class AccessRefusedByBroker(BrokerUnavailable):
+    """The broker refused the login or the virtual host while connecting.
+
+    ``403 ACCESS_REFUSED`` (a wrong user name or password, or a certificate the
+    broker does not accept) or ``530 NOT_ALLOWED`` (a virtual host that does not
+    exist or the user may not use). Trying again cannot help until the
+    configuration changes, so a host or dispatcher that has not connected yet
+    fails at once instead of retrying ``CONNECT_ATTEMPTS`` times; the message
+    says what to fix.
+
+    Attributes
+    ----------
+    reply_code
+        ``403`` or ``530``.
+    reply_text
+        The broker's explanation, e.g. ``"NOT_ALLOWED - vhost shop not found"``.
+    """
+
+    def __init__(self, message: str, reply_code: int, reply_text: str) -> None:
+        super().__init__(message, reply_code, reply_text)
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ConnectionLost(TransportError):

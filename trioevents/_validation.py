@@ -7,20 +7,34 @@ Both transports call these so that the same bad request raises the same
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING, Final
 
 from ._exceptions import InvalidRequest
 from ._fieldtable import check_shortstr as _shortstr, check_table
 from ._message import ExchangeType, Properties
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = [
+    "MAX_EXPIRATION",
     "check_body",
     "check_exchange_type",
+    "check_expiration",
     "check_int",
     "check_name",
     "check_prefetch",
     "check_properties",
     "check_routing_key",
 ]
+
+#: The longest ``expiration`` in milliseconds (2**32 - 1, about 49.7 days), the
+#: limit of RabbitMQ's timers (``MAX_EXPIRY_TIMER``). Some versions take more
+#: (3.10: up to ten years); a larger one is refused here so that every version
+#: takes what we send. RabbitMQ refuses a publish by closing its channel.
+MAX_EXPIRATION: Final = 2**32 - 1
+#: Headers RabbitMQ routes by (sender-selected distribution): arrays or nothing.
+_ROUTING_HEADERS: Final = ("CC", "BCC")
 
 
 def check_name(name: object, what: str) -> str:
@@ -83,8 +97,11 @@ def check_properties(properties: object) -> Properties:
         value = getattr(p, field)
         if value is not None:
             _shortstr(value, field)
-    if p.headers is not None:
-        check_table(p.headers, "headers")
+    headers = p.headers
+    if headers is not None:
+        check_table(headers, "headers")
+        if "CC" in headers or "BCC" in headers:
+            _check_routing_headers(headers)
     if p.delivery_mode is not None and p.delivery_mode not in (1, 2):
         raise InvalidRequest(f"delivery_mode must be 1 or 2, not {p.delivery_mode!r}")
     if p.priority is not None and not check_int(p.priority, 0, 255):
@@ -92,17 +109,38 @@ def check_properties(properties: object) -> Properties:
             f"priority must be an int from 0 to 255, not {p.priority!r}"
         )
     if p.expiration is not None:
-        _shortstr(p.expiration, "expiration")
-        if not p.expiration.isdigit():
-            raise InvalidRequest(
-                f"expiration must be a non-negative number of milliseconds as a "
-                f"string, not {p.expiration!r}"
-            )
+        check_expiration(p.expiration)
     if p.timestamp is not None and not isinstance(p.timestamp, datetime.datetime):
         raise InvalidRequest(
             f"timestamp must be a datetime, not {type(p.timestamp).__name__}"
         )
     return p
+
+
+def check_expiration(expiration: object) -> str:
+    """Check a message's ``expiration``: milliseconds as a string of ASCII digits.
+
+    At most :data:`MAX_EXPIRATION`. RabbitMQ reads the string as an Erlang
+    integer: other Unicode digits, spaces and larger values are refused.
+    """
+    text = _shortstr(expiration, "expiration")
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_EXPIRATION:
+        raise InvalidRequest(
+            f"expiration must be a number of milliseconds from 0 to "
+            f"{MAX_EXPIRATION} as a string of digits, not {expiration!r}"
+        )
+    return text
+
+
+def _check_routing_headers(headers: Mapping[str, object]) -> None:
+    """Check ``CC`` / ``BCC``: RabbitMQ routes by them, and takes arrays only."""
+    for key in _ROUTING_HEADERS:
+        routes = headers.get(key)
+        if routes is not None and not isinstance(routes, list | tuple):
+            raise InvalidRequest(
+                f"header {key!r} must be a list of routing keys (RabbitMQ "
+                f"routes by it), not {type(routes).__name__}"
+            )
 
 
 _EMPTY = Properties()

@@ -192,6 +192,17 @@ class FakeBroker:
                 return
 
 
+def start_broker(nursery: trio.Nursery) -> tuple[trio.abc.Stream, FakeBroker]:
+    """Start a fake broker's handshake in *nursery*; return the client's stream.
+
+    For tests that open the connection themselves (to cancel it, say).
+    """
+    client_stream, broker_stream = trio.testing.memory_stream_pair()
+    broker = FakeBroker(broker_stream)
+    nursery.start_soon(broker.handshake)
+    return client_stream, broker
+
+
 @asynccontextmanager
 async def connection(
     nursery: trio.Nursery, *, heartbeat: int = 0, **kwargs: Any

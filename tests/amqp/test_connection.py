@@ -21,9 +21,19 @@ from trioevents._exceptions import (
     NotFound,
     RemoteProtocolError,
 )
-from trioevents.amqp._connection import AmqpConnection, open_amqp_connection
+from trioevents.amqp._connection import (
+    CANCELLED_CLOSE_TIMEOUT,
+    AmqpConnection,
+    open_amqp_connection,
+)
 
-from .fake_broker import FakeBroker, connection, publish_task, start_task
+from .fake_broker import (
+    FakeBroker,
+    connection,
+    publish_task,
+    start_broker,
+    start_task,
+)
 
 # --------------------------------------------------------------------------- handshake
 
@@ -103,6 +113,73 @@ async def test_close_handshake_ends_the_connection(
     assert "closed" in repr(conn)
     with pytest.raises(trio.ClosedResourceError):
         await conn.declare_queue("q")
+
+
+async def test_a_normal_exit_waits_for_the_brokers_close_ok(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    client_stream, broker = start_broker(nursery)
+    asked: list[float] = []
+
+    async def answer_late() -> None:
+        await broker.expect(commands.Connection.Close, 0)
+        asked.append(trio.current_time())
+        await trio.sleep(3)
+        await broker.send((0, commands.Connection.CloseOk()))
+
+    async with open_amqp_connection(client_stream, close_timeout=5):
+        nursery.start_soon(answer_late)
+    assert trio.current_time() - asked[0] == pytest.approx(3)
+
+
+async def test_a_cancelled_exit_still_sends_what_was_queued_and_closes_at_once(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Cancelling the body leaves the reader and writer running for the close.
+
+    The ack queued just before the cancel goes out, then the consumer's
+    Channel.Close and Connection.Close; the broker's Close-Ok is read: the whole
+    close takes no (virtual) time, not the close timeout.
+    """
+    client_stream, broker = start_broker(nursery)
+    seen: list[str] = []
+
+    async def serve() -> None:
+        number = await broker.start_consumer()
+        await broker.deliver(number, 1, b"hello")
+        while True:
+            channel, frame = await broker.receive()
+            seen.append(frame.name)
+            if isinstance(frame, commands.Channel.Close):
+                await broker.send((channel, commands.Channel.CloseOk()))
+            elif isinstance(frame, commands.Connection.Close):
+                await broker.send((0, commands.Connection.CloseOk()))
+                return
+
+    with trio.CancelScope() as scope:
+        async with open_amqp_connection(client_stream, close_timeout=5) as conn:
+            nursery.start_soon(serve)
+            async with conn.open_consumer("q") as consumer:
+                delivery = await consumer.receive()
+                await delivery.ack()
+                scope.cancel()
+                cancelled_at = trio.current_time()
+                await trio.sleep_forever()
+    assert trio.current_time() == cancelled_at
+    assert seen == ["Basic.Ack", "Channel.Close", "Connection.Close"]
+
+
+async def test_a_cancelled_close_gives_a_silent_broker_up_quickly(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    client_stream, _ = start_broker(nursery)
+    with trio.CancelScope() as scope:
+        async with open_amqp_connection(client_stream, close_timeout=5):
+            scope.cancel()
+            cancelled_at = trio.current_time()
+            await trio.sleep_forever()
+    assert trio.current_time() - cancelled_at == pytest.approx(CANCELLED_CLOSE_TIMEOUT)
+    assert CANCELLED_CLOSE_TIMEOUT < 5
 
 
 # --------------------------------------------------------------------------- topology requests

@@ -52,7 +52,7 @@ from trioevents import (
 )
 
 from ..support.recording import LogWatch, watch_log
-from ..support.tcpproxy import TcpProxy, open_tcp_proxy
+from ..support.tcpproxy import TcpProxy, open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -69,7 +69,7 @@ CONCURRENCY = 32
 #: Generous: the broker shares two cores with the tests (and other test runs).
 DEADLINE = 120
 #: What the host logs when it loses its connection (or fails to reconnect).
-LOST = "connection lost to"
+LOST = "connection lost"
 
 
 # --------------------------------------------------------------------------- counting
@@ -304,18 +304,6 @@ def host_log() -> Iterator[LogWatch]:
     """What the host logs at INFO and above while the test runs."""
     with watch_log("trioevents.host", logging.INFO) as watch:
         yield watch
-
-
-def upstream_port(uri: str) -> int:
-    return urllib.parse.urlsplit(uri).port or 5672
-
-
-def via(proxy: TcpProxy, uri: str) -> str:
-    """Return *uri* pointed at the proxy (credentials and vhost kept)."""
-    parts = urllib.parse.urlsplit(uri)
-    login = parts.netloc.rpartition("@")[0]
-    netloc = f"{login}@127.0.0.1:{proxy.port}" if login else f"127.0.0.1:{proxy.port}"
-    return parts._replace(netloc=netloc).geturl()
 
 
 def make_host(services: list[type], uri: str, **config: Any) -> ServiceHost:

@@ -14,10 +14,13 @@ import trio
 import trio.testing
 from pamqp import body as pamqp_body, commands, header as pamqp_header
 
-from trioevents._exceptions import NotFound, PublishNotConfirmed
+from trioevents._exceptions import NotFound, PreconditionFailed, PublishNotConfirmed
 from trioevents._message import Properties
 
 from .fake_broker import connection, publish_task
+
+#: A guard in virtual time: a test that waits for a frame never sent fails.
+GUARD = 600
 
 # --------------------------------------------------------------------------- confirms
 
@@ -210,32 +213,146 @@ async def test_blocked_connection_holds_publishes(
 # --------------------------------------------------------------------------- refusals
 
 
-async def test_publish_to_a_missing_exchange_leaves_publishing_usable(
+@pytest.mark.parametrize(
+    ("exchange", "properties", "code", "text", "error"),
+    [
+        pytest.param(
+            "missing",
+            None,
+            404,
+            "no exchange 'missing' in vhost '/'",
+            NotFound,
+            id="missing exchange",
+        ),
+        pytest.param(
+            # We do not check user ids ourselves: RabbitMQ does, and names it.
+            "x",
+            Properties(user_id="it's me"),
+            406,
+            "user_id property set to 'it's me' but authenticated user was 'guest'",
+            PreconditionFailed,
+            id="foreign user id",
+        ),
+    ],
+)
+async def test_a_refusal_that_names_the_publish_fails_it_alone(
+    exchange: str,
+    properties: Properties | None,
+    code: int,
+    text: str,
+    error: type[Exception],
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+) -> None:
+    """The reply names the exchange or user id: that publish fails, the others
+    are sent again.
+
+    The one before it was routed, but its confirm can no longer come: it is sent
+    again too (at least once).
+    """
+    with trio.fail_after(GUARD):
+        async with connection(nursery) as (conn, broker):
+            before = await publish_task(nursery, conn, "x", b"before")
+            refused = await publish_task(
+                nursery, conn, exchange, b"no", properties=properties
+            )
+            after = await publish_task(nursery, conn, "x", b"after")
+            channel = await broker.open_channel(confirms=True)
+            for _ in range(3):
+                await broker.expect_message()
+            await broker.send((channel, _refusal(code, text)))
+            await broker.expect(commands.Channel.CloseOk, channel)
+            channel = await broker.open_channel(confirms=True)
+            bodies = [(await broker.expect_message())[2] for _ in range(2)]
+            assert bodies == [b"before", b"after"]
+            await broker.send((channel, commands.Basic.Ack(2, multiple=True)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert isinstance(refused["error"], error)
+            assert before == after == {"result": None}
+
+
+async def test_an_unnamed_refusal_is_found_by_trying_each_publish_alone(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    async with connection(nursery) as (conn, broker):
-        before = await publish_task(nursery, conn, "x", b"before")
-        refused = await publish_task(nursery, conn, "missing", b"refused")
-        after = await publish_task(nursery, conn, "x", b"after")
-        channel = await broker.open_channel(confirms=True)
-        for _ in range(3):
-            await broker.expect_message()
-        await broker.send(
-            (
-                channel,
-                commands.Channel.Close(
-                    404, "NOT_FOUND - no exchange 'missing' in vhost '/'", 60, 40
-                ),
+    """A reply that names no publish: those in flight are tried one at a time.
+
+    Each goes alone and waits for its confirm before the next one goes, so the
+    next close names the publish in flight. Publishes made meanwhile wait; once
+    the doubt is cleared they go out pipelined again.
+    """
+    with trio.fail_after(GUARD):
+        async with connection(nursery) as (conn, broker):
+            outcomes = {
+                body: await publish_task(nursery, conn, "x", body)
+                for body in (b"one", b"bad", b"three")
+            }
+            channel = await broker.open_channel(confirms=True)
+            for _ in range(3):
+                await broker.expect_message()
+            await broker.send(
+                (channel, _refusal(406, "something RabbitMQ did not like"))
             )
-        )
-        await broker.expect(commands.Channel.CloseOk, channel)
-        # The publish behind the refused one is sent again on a new channel.
-        channel = await broker.open_channel(confirms=True)
-        publish, _, body = await broker.expect_message()
-        assert (publish.exchange, body) == ("x", b"after")
-        await broker.send((channel, commands.Basic.Ack(1)))
-        await trio.testing.wait_all_tasks_blocked()
-        assert isinstance(refused["error"], NotFound)
-        # The one before was routed, but its confirm can no longer come.
-        assert isinstance(before["error"], PublishNotConfirmed)
-        assert after == {"result": None}
+            await broker.expect(commands.Channel.CloseOk, channel)
+
+            async def expect_alone(body: bytes) -> None:
+                assert (await broker.expect_message())[2] == body
+                with trio.move_on_after(10):
+                    await broker.expect_message()
+                    pytest.fail(f"a publish went out while {body!r} was on trial")
+
+            # "one" alone; a publish made now waits for the trials.
+            channel = await broker.open_channel(confirms=True)
+            await expect_alone(b"one")
+            outcomes[b"late"] = await publish_task(nursery, conn, "x", b"late")
+            await broker.send((channel, commands.Basic.Ack(1)))
+            # "bad" alone: the broker refuses it again, so it was the culprit.
+            await expect_alone(b"bad")
+            await broker.send(
+                (channel, _refusal(406, "something RabbitMQ did not like"))
+            )
+            await broker.expect(commands.Channel.CloseOk, channel)
+            # "three" alone on a new channel, then "late" and "new" pipelined.
+            channel = await broker.open_channel(confirms=True)
+            await expect_alone(b"three")
+            await broker.send((channel, commands.Basic.Ack(1)))
+            assert (await broker.expect_message())[2] == b"late"
+            outcomes[b"new"] = await publish_task(nursery, conn, "x", b"new")
+            assert (await broker.expect_message())[2] == b"new"
+            await broker.send((channel, commands.Basic.Ack(3, multiple=True)))
+            await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(outcomes.pop(b"bad")["error"], PreconditionFailed)
+        assert all(outcome == {"result": None} for outcome in outcomes.values())
+
+
+async def test_a_publish_abandoned_in_doubt_is_not_tried(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """Its caller stopped waiting: the trial goes on without it."""
+    with trio.fail_after(GUARD):
+        async with connection(nursery) as (conn, broker):
+            abandoned = trio.CancelScope()
+
+            async def publish_abandoned() -> None:
+                with abandoned:
+                    await conn.publish("x", "k", b"abandoned")
+
+            nursery.start_soon(publish_abandoned)
+            await trio.testing.wait_all_tasks_blocked()
+            kept = await publish_task(nursery, conn, "x", b"kept")
+            channel = await broker.open_channel(confirms=True)
+            for _ in range(2):
+                await broker.expect_message()
+            abandoned.cancel()
+            await broker.send((channel, _refusal(406, "no reason given")))
+            await broker.expect(commands.Channel.CloseOk, channel)
+            channel = await broker.open_channel(confirms=True)
+            assert (await broker.expect_message())[2] == b"kept"
+            await broker.send((channel, commands.Basic.Ack(1)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert kept == {"result": None}
+
+
+def _refusal(code: int, text: str) -> commands.Channel.Close:
+    """The Channel.Close RabbitMQ sends when it refuses a Basic.Publish."""
+    name = {403: "ACCESS_REFUSED", 404: "NOT_FOUND", 406: "PRECONDITION_FAILED"}[code]
+    return commands.Channel.Close(code, f"{name} - {text}", 60, 40)

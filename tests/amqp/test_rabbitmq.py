@@ -2,13 +2,13 @@
 
 What every transport must do is checked by the conformance suite
 (``tests/test_transport_conformance.py``); these tests cover what only the AMQP
-transport has: URIs and vhosts, refused logins, TLS, frame sizes, many confirms in
-flight and concurrent publishes around a refused one.
+transport has: URIs and vhosts, refused logins, TLS, frame sizes and many confirms
+in flight. Concurrent publishes around a refused one are in
+``test_publish_refusals.py``.
 """
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import subprocess
 import urllib.parse
@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
+from trioevents import ServiceHost
 from trioevents._exceptions import (
+    AccessRefusedByBroker,
     BrokerUnavailable,
-    NotFound,
     PublishNotConfirmed,
 )
 from trioevents._message import Properties
 from trioevents.amqp import AmqpTransport
+
+from ..support.tcpproxy import open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
     import pathlib
@@ -149,54 +152,6 @@ async def test_many_concurrent_publishes_are_all_confirmed(rabbit_vhost: str) ->
                     await delivery.ack()
             assert len(seen) == count
             assert await conn.delete_queue(queue) == 0
-
-
-async def test_a_refused_publish_does_not_fail_its_neighbours(
-    rabbit_vhost: str,
-) -> None:
-    """Publishes in flight around one to a missing exchange still get through.
-
-    Those the broker discarded after the refusal are sent again; those before it
-    whose confirm the channel close cut off raise PublishNotConfirmed (in doubt).
-    """
-    outcomes: dict[int, BaseException | None] = {}
-    with trio.fail_after(_DEADLINE):
-        async with AmqpTransport(rabbit_vhost).open_connection() as conn:
-            queue = (await conn.declare_queue(_queue())).name
-
-            async def publish() -> None:
-                # Trio starts tasks in a random order: number the messages in the
-                # order they are published (nothing yields before the publish is
-                # queued).
-                index = next(numbers)
-                exchange = "no-such-exchange" if index == 100 else ""
-                try:
-                    await conn.publish(exchange, queue, b"%d" % index)
-                except (NotFound, PublishNotConfirmed) as exc:
-                    outcomes[index] = exc
-                else:
-                    outcomes[index] = None
-
-            numbers = itertools.count()
-            async with trio.open_nursery() as nursery:
-                for _ in range(200):
-                    nursery.start_soon(publish)
-            got: set[int] = set()
-            count = (await conn.declare_queue(queue, passive=True)).message_count
-            async with conn.open_consumer(queue) as consumer:
-                for _ in range(count):
-                    delivery = await consumer.receive()
-                    got.add(int(delivery.body))
-                    await delivery.ack()
-    assert isinstance(outcomes.pop(100), NotFound)
-    confirmed = {index for index, error in outcomes.items() if error is None}
-    in_doubt = {
-        index for index, error in outcomes.items() if error is not None
-    }  # routed but never confirmed
-    assert all(isinstance(outcomes[i], PublishNotConfirmed) for i in in_doubt)
-    assert all(index < 100 for index in in_doubt)
-    assert confirmed <= got, "a confirmed message is missing"
-    assert set(range(101, 200)) <= confirmed
 
 
 async def test_mandatory_returns_reach_the_right_publishes(rabbit_vhost: str) -> None:
@@ -345,3 +300,30 @@ async def test_amqps_through_tls(
         insecure = AmqpTransport(uri, ssl_options={"cert_reqs": ssl.CERT_NONE})
         async with insecure.open_connection() as conn:
             assert conn.server_properties["product"] == "RabbitMQ"
+
+
+@pytest.mark.parametrize("refused", ["password", "vhost"])
+async def test_a_refused_login_or_vhost_fails_at_the_first_attempt(
+    rabbit_vhost: str, refused: str
+) -> None:
+    """403 or 530 while connecting cannot succeed on a retry: fail at once.
+
+    It used to be retried ``CONNECT_ATTEMPTS`` times. The proxy counts the
+    attempts.
+    """
+    with trio.fail_after(_DEADLINE):
+        async with open_tcp_proxy(upstream_port(rabbit_vhost)) as proxy:
+            uri = via(proxy, rabbit_vhost)
+            if refused == "password":
+                uri, expected = uri.replace("guest:guest@", "guest:wrong@"), "403"
+            else:
+                uri, expected = _with(uri, path="/no-such-vhost"), "530"
+            host = ServiceHost(
+                [], {"AMQP_URI": uri, "CONNECT_ATTEMPTS": 5, "RECONNECT_DELAY": 0.01}
+            )
+            with pytest.raises(AccessRefusedByBroker, match=expected) as caught:
+                await host.serve()
+            attempts = proxy.statistics().accepted
+    assert attempts == 1
+    assert caught.value.reply_code == int(expected)
+    assert "AMQP_URI" in str(caught.value)  # says what to fix

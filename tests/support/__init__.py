@@ -11,8 +11,9 @@ module             what it holds
                    lines a test looks for
 ``detonator``      payloads that would run code if anything ever loaded them
 ``shop``           the little shop the testing kit's tests run (orders, billing)
-``tcpproxy``       a TCP proxy that cuts, stalls or slows the link to RabbitMQ
-                   (tested beside it, in ``test_tcpproxy.py``)
+``tcpproxy``       a TCP proxy that cuts, stalls, slows or orphans the link to
+                   RabbitMQ, and can read its AMQP frames and close a channel as
+                   the broker would (tested beside it, in ``test_tcpproxy.py``)
 =================  ==============================================================
 
 What users of trioevents would reuse lives in :mod:`trioevents.testing` instead

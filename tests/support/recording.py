@@ -164,3 +164,28 @@ class Gate:
         finally:
             self.running -= 1
         self.finished += 1
+
+
+def holding_service(
+    service_name: str,
+    recorder: Recorder,
+    gate: Gate,
+    source: str,
+    event_type: str,
+    **options: Any,
+) -> type:
+    """A service whose ``handle`` records each event, then holds it at *gate*.
+
+    It records ``(service_name, payload["n"])`` in *recorder*, then waits until
+    the gate is released: its delivery stays unacked meanwhile.
+    """
+
+    class Service:
+        name = service_name
+
+        @event_handler(source, event_type, **options)
+        async def handle(self, payload: dict[str, Any]) -> None:
+            recorder.record(self.name, payload["n"])
+            await gate.pass_through()
+
+    return Service

@@ -41,6 +41,7 @@ import trio
 
 from .. import abc
 from .._exceptions import (
+    AccessRefusedByBroker,
     BrokerUnavailable,
     ChannelClosedByBroker,
     ConnectionLost,
@@ -88,10 +89,14 @@ if TYPE_CHECKING:
     from .._message import Properties
     from ._events import Event
 
-__all__ = ["AmqpConnection", "open_amqp_connection"]
+__all__ = ["CANCELLED_CLOSE_TIMEOUT", "AmqpConnection", "open_amqp_connection"]
 
 #: How much the reader asks the stream for at a time.
 _READ_SIZE: Final = 65536
+#: The longest a close handshake may take when the connection's body was
+#: cancelled (the closing task is cancelled: it must be prompt). A broker that
+#: answers takes milliseconds; one that does not is left behind.
+CANCELLED_CLOSE_TIMEOUT: Final = 1.0
 
 
 @asynccontextmanager
@@ -115,9 +120,11 @@ async def open_amqp_connection(
 
     The handshake runs before the body; the body runs while the reader, writer
     and heartbeat tasks serve the connection. On exit the connection is closed
-    with a close handshake (bounded by *close_timeout*, also when the body was
-    cancelled, so that queued acks reach the broker), which makes the broker
-    requeue every unsettled delivery.
+    with a close handshake, which makes the broker requeue every unsettled
+    delivery. It is bounded by *close_timeout*; when the body was cancelled, by
+    at most :data:`CANCELLED_CLOSE_TIMEOUT`, so that cancelling is prompt. Either
+    way queued frames (such as acks) go out first: the reader and the writer
+    are shielded from the body's cancellation until the close is over.
 
     If the connection is lost while the body runs (socket error, end of stream,
     silent peer, the broker closing it), every waiting request fails with
@@ -140,7 +147,8 @@ async def open_amqp_connection(
         How long the broker may take to open the connection.
     close_timeout
         How long the close handshake (of the connection and of each consumer)
-        may take.
+        may take; a close that runs because the body was cancelled takes at
+        most :data:`CANCELLED_CLOSE_TIMEOUT`.
     max_body_size
         The largest message body read; larger ones are skipped, not buffered.
     peer
@@ -148,9 +156,11 @@ async def open_amqp_connection(
 
     Raises
     ------
+    AccessRefusedByBroker
+        The broker refused the login (403) or the virtual host (530).
     BrokerUnavailable
-        The handshake failed: the broker refused the login or the virtual host,
-        closed the stream, did not answer in time or does not speak AMQP 0-9-1.
+        The handshake failed otherwise: the broker closed the stream, did not
+        answer in time or does not speak AMQP 0-9-1.
     ConnectionLost
         The connection was lost while the body ran.
     """
@@ -176,16 +186,18 @@ async def open_amqp_connection(
         await conn._handshake(handshake_timeout)
         with unwrap_lone_exception():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(conn._reader)
-                nursery.start_soon(conn._writer)
-                nursery.start_soon(conn._heartbeater)
-                with trio.CancelScope() as body_scope:
-                    conn._body_scope = body_scope
-                    try:
-                        yield conn
-                    finally:
-                        conn._body_scope = None
-                        await conn._close()
+                try:
+                    nursery.start_soon(conn._serve_io)
+                    nursery.start_soon(conn._heartbeater)
+                    with trio.CancelScope() as body_scope:
+                        conn._body_scope = body_scope
+                        try:
+                            yield conn
+                        finally:
+                            conn._body_scope = None
+                            await conn._close()
+                finally:
+                    conn._io_scope.cancel()
                 nursery.cancel_scope.cancel()
         await conn._flush_last_words()
     finally:
@@ -194,6 +206,30 @@ async def open_amqp_connection(
             await trio.aclose_forcefully(stream)
     if conn._mux.failure is not None:
         raise fresh(conn._mux.failure)
+
+
+#: What to fix when the broker refuses the login (403) or the vhost (530).
+_ACCESS_ADVICE: Final = {
+    403: "check the user name and password in AMQP_URI (with "
+    "auth_mechanism=EXTERNAL, the client certificate)",
+    530: "create the virtual host or fix the path of AMQP_URI, and check that "
+    "the user has permissions on it",
+}
+
+
+def _refusal(peer: str, event: ConnectionClosed) -> BrokerUnavailable:
+    """The error for a broker that closed the connection during the handshake.
+
+    A refused login or virtual host is :class:`~trioevents.AccessRefusedByBroker`,
+    saying what to fix: trying again cannot help.
+    """
+    refused = f"{peer} refused the connection: {event.reply_code} {event.reply_text}"
+    advice = _ACCESS_ADVICE.get(event.reply_code)
+    if advice is None:
+        return BrokerUnavailable(refused)
+    return AccessRefusedByBroker(
+        f"{refused.rstrip('.')}; {advice}", event.reply_code, event.reply_text
+    )
 
 
 def _heartbeat_seconds(heartbeat: float | None) -> int:
@@ -236,6 +272,10 @@ class AmqpConnection(abc.Connection):
         self._consumers: set[AmqpConsumer] = set()
         self._closed = trio.Event()
         self._body_scope: trio.CancelScope | None = None
+        #: Shields the reader and the writer from the body's cancellation, so
+        #: that a cancelled body still closes with a handshake; cancelled once
+        #: the close is over.
+        self._io_scope = trio.CancelScope(shield=True)
         self._sending = False
         self._heartbeat_queued = -math.inf
         self._server_properties: Mapping[str, Any] = {}
@@ -296,10 +336,7 @@ class AmqpConnection(abc.Connection):
                             if proto.pending_output:
                                 with trio.move_on_after(1):
                                     await stream.send_all(proto.data_to_send())
-                            raise BrokerUnavailable(
-                                f"{self._peer} refused the connection: "
-                                f"{event.reply_code} {event.reply_text}"
-                            )
+                            raise _refusal(self._peer, event)
                         if isinstance(event, EOFReceived):
                             raise BrokerUnavailable(
                                 f"{self._peer} closed the connection during the "
@@ -324,6 +361,13 @@ class AmqpConnection(abc.Connection):
 
     def _wake_writer(self) -> None:
         self._output_ready.set()
+
+    async def _serve_io(self) -> None:
+        """Run the reader and the writer until :attr:`_io_scope` is cancelled."""
+        with self._io_scope:
+            async with trio.open_nursery() as io:
+                io.start_soon(self._reader)
+                io.start_soon(self._writer)
 
     async def _writer(self) -> None:
         proto = self._proto
@@ -514,13 +558,17 @@ class AmqpConnection(abc.Connection):
         """Close the connection with a close handshake, bounded by the close timeout.
 
         Shielded (with that bound), so that a cancelled body still flushes its
-        acks and closes cleanly.
+        acks and closes cleanly; the bound is :data:`CANCELLED_CLOSE_TIMEOUT` at
+        most when the closing task is cancelled.
         """
         if self._mux.failure is not None or self._mux.closing:
             return
         self._mux.closing = True
+        bound = self._mux.close_timeout
+        if trio.current_effective_deadline() == -math.inf:  # we are cancelled
+            bound = min(bound, CANCELLED_CLOSE_TIMEOUT)
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(self._mux.close_timeout):
+            with trio.move_on_after(bound):
                 try:
                     self._proto.close()
                 except LocalProtocolError:

@@ -8,11 +8,14 @@ both, and turns every way that can fail into
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import TYPE_CHECKING
 
 import trio
 
 from .._exceptions import BrokerUnavailable
+from .._groups import leaves
 
 if TYPE_CHECKING:
     import ssl
@@ -57,12 +60,32 @@ async def connect_stream(
         )
         cause: BaseException | None = None
     except (OSError, trio.BrokenResourceError) as exc:
-        reason = exc.__cause__ or exc
         if tcp is None:
+            reason = _why_not_connected(host, exc)
             error = BrokerUnavailable(f"cannot connect to {peer}: {reason}")
         else:
+            reason = str(exc.__cause__ or exc)
             error = BrokerUnavailable(f"the TLS handshake with {peer} failed: {reason}")
         cause = exc
     if tcp is not None:
         await trio.aclose_forcefully(tcp)
     raise error from cause
+
+
+def _why_not_connected(host: str, exc: BaseException) -> str:
+    """Say why :func:`trio.open_tcp_stream` failed, from the errors it wraps.
+
+    It raises ``OSError("all attempts to connect to h:p failed")`` from an
+    exception group of one error per address tried; the reasons are in there
+    (e.g. ``Connection refused``), each said once.
+    """
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {host!r}: {exc.strerror or exc}"
+    errors = leaves(exc.__cause__) if exc.__cause__ is not None else [exc]
+    reasons = [
+        os.strerror(error.errno)
+        if isinstance(error, OSError) and error.errno
+        else str(error)
+        for error in errors
+    ]
+    return "; ".join(dict.fromkeys(reasons))

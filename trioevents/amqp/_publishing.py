@@ -5,6 +5,20 @@ the publishes in flight on it. It is synchronous: the connection's
 :meth:`~._connection.AmqpConnection.publish` queues a :class:`Publish` whole
 with :meth:`Publishing.issue` and waits for its event; the reader task hands it
 confirms, nacks, returns and the close of the publish channel.
+
+When the broker refuses a publish it closes the channel, and with it every
+publish in flight there goes unconfirmed. Only the refused one (the *culprit*)
+fails; the others are sent again on a new channel (at least once: one the broker
+had routed before the close arrives twice)::
+
+    PIPELINING ──close, culprit named in the reply──> fail it, re-send the others
+        │                                                        (PIPELINING)
+        └──close, culprit not named──> TRIAL: the in-flight publishes are sent
+                                       again one at a time, each after the
+                                       previous one's confirm; new ones wait
+
+    TRIAL ──confirm of the last one──> send the waiting ones (PIPELINING)
+    TRIAL ──close──> the publish on trial was the culprit: fail it, go on
 """
 
 from __future__ import annotations
@@ -21,6 +35,8 @@ from ._events import Nacked
 from ._mux import Role, Waiter, fresh
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._exceptions import ChannelClosedByBroker
     from .._message import Properties
     from ._events import ChannelClosed, Confirmed, Returned
@@ -30,9 +46,22 @@ __all__ = ["Publish", "Publishing"]
 
 #: Basic.Publish's (class id, method id): a channel error caused by a publish.
 _BASIC_PUBLISH: Final = (60, 40)
-#: The exchange a 403 / 404 reply text names, e.g. "no exchange 'x' in vhost 'v'".
-_EXCHANGE_IN_REPLY: Final = re.compile(
-    r"exchange '((?:[^']|'(?! in vhost))*)' in vhost"
+#: How RabbitMQ names the refused publish in its reply text: a pattern whose
+#: group is a value of the publish, and which value of a :class:`Publish` that is.
+_NAMED_IN_REPLY: Final[
+    tuple[tuple[re.Pattern[str], Callable[[Publish], object]], ...]
+] = (
+    # 404 "no exchange 'x' in vhost 'v'", 403 "cannot publish to internal
+    # exchange 'x' in vhost 'v'"
+    (
+        re.compile(r"exchange '((?:[^']|'(?! in vhost))*)' in vhost"),
+        lambda pub: pub.exchange,
+    ),
+    # 406 "user_id property set to 'x' but authenticated user was 'y'"
+    (
+        re.compile(r"user_id property set to '((?:[^']|'(?! but auth))*)' but auth"),
+        lambda pub: pub.properties.user_id,
+    ),
 )
 
 
@@ -88,6 +117,14 @@ class Publishing:
         self._last_returned = 0
         #: Returns not matched yet, as (reason, candidate tags).
         self._returns: deque[tuple[str, list[int]]] = deque()
+        #: The publish sent alone to find out whether the broker refuses it
+        #: (TRIAL), or ``None`` (PIPELINING, or a trial between two publishes).
+        self._trial: Publish | None = None
+        #: Publishes in doubt, to send one at a time after the trial (never
+        #: any without a trial).
+        self._suspects: deque[Publish] = deque()
+        #: Publishes issued during a trial: sent once every suspect is cleared.
+        self._held: deque[Publish] = deque()
         #: Set while the broker takes publishes (see :meth:`update_blocked`).
         self.unblocked = trio.Event()
         self.unblocked.set()
@@ -112,13 +149,20 @@ class Publishing:
         """Queue *pub* on the publish channel (opened in confirm mode if needed).
 
         One synchronous step: the whole message and its confirm tag, or nothing.
-        The caller wakes the writer.
+        The caller wakes the writer. During a trial (see the module doc) *pub*
+        waits until the publishes in doubt are cleared.
 
         Raises
         ------
         InvalidRequest
             The message cannot be framed (e.g. properties larger than a frame).
         """
+        if self._trial is not None:
+            self._held.append(pub)
+            return
+        self._send(pub)
+
+    def _send(self, pub: Publish) -> None:
         ch = self.channel
         if ch is None:
             ch = self._mux.open_channel(Role.PUBLISH)
@@ -139,6 +183,22 @@ class Publishing:
         assert tag is not None
         self._publishes[tag] = pub
 
+    def _resend(self, pub: Publish) -> bool:
+        """Send *pub* again on the current channel; return whether it was sent.
+
+        An abandoned publish (its caller stopped waiting) is not sent again.
+        """
+        if pub.abandoned:
+            pub.done(trio.ClosedResourceError("the publish was abandoned"))
+            return False
+        pub.returned = None
+        try:
+            self._send(pub)
+        except Exception as exc:
+            pub.done(exc)
+            return False
+        return True
+
     def _forget_channel(self) -> list[tuple[int, Publish]]:
         """Drop the publish channel; return its publishes in tag order."""
         pending = sorted(self._publishes.items())
@@ -149,12 +209,18 @@ class Publishing:
         return pending
 
     def fail_all(self, error: BaseException) -> None:
-        """Fail every publish in flight with *error*: the connection is gone.
+        """Fail every publish in flight or waiting with *error*: the connection is gone.
 
         Publishers held by a block are let go too (to find the connection gone).
         """
         self.unblocked.set()
+        waiting = [*self._suspects, *self._held]
+        self._trial = None
+        self._suspects.clear()
+        self._held.clear()
         for _, pub in self._forget_channel():
+            pub.done(error)
+        for pub in waiting:
             pub.done(error)
 
     def on_channel_closed(
@@ -162,41 +228,40 @@ class Publishing:
     ) -> None:
         """Settle the publishes of the publish channel the broker closed.
 
-        The broker handles publishes in order and discards everything after the
-        refused one, which is sent again on a new channel. The refused publish is
-        found by the exchange the reply names (a publish to a missing or internal
-        exchange). Earlier publishes the broker did not confirm yet are in doubt:
-        they were routed, but the confirm will never come.
+        The broker handles publishes in order: it routed those before the one
+        it refused, though it will never confirm them now, and discarded those
+        after it. The refused one fails with *error*; the others are sent again
+        on a new channel. The refused one is the publish on trial if there is
+        one, else the first whose exchange or ``user_id`` the reply names; if
+        the reply names none, the publishes in flight are tried one at a time
+        (see the module doc).
         """
-        pending = self._forget_channel()
-        culprit_index = None
-        match = _EXCHANGE_IN_REPLY.search(event.reply_text)
-        if (event.class_id, event.method_id) == _BASIC_PUBLISH and match is not None:
-            exchange = match.group(1)
-            for index, (_, pub) in enumerate(pending):
-                if pub.exchange == exchange:
-                    culprit_index = index
-                    break
-        if culprit_index is None:
-            for _, pub in pending:
-                pub.done(fresh(error))
-            return
-        for _, pub in pending[:culprit_index]:
-            pub.done(
-                PublishNotConfirmed(
-                    f"{pub.describe()} was not confirmed: the broker closed the "
-                    f"channel first ({error})"
-                )
-            )
-        pending[culprit_index][1].done(fresh(error))
-        for _, pub in pending[culprit_index + 1 :]:
-            if pub.abandoned:
-                pub.done(fresh(error))
-                continue
-            try:
-                self.issue(pub)
-            except Exception as exc:
-                pub.done(exc)
+        pending = [pub for _, pub in self._forget_channel()]
+        trial = self._trial
+        self._trial = None
+        culprit = trial if trial is not None else _culprit(event, pending)
+        if culprit is not None:
+            culprit.done(fresh(error))
+            if trial is None:
+                for pub in pending:
+                    if pub is not culprit:
+                        self._resend(pub)
+        else:
+            self._suspects.extend(pending)
+        self._next_trial()
+
+    def _next_trial(self) -> None:
+        """Send the next publish in doubt alone; with none left, the held ones."""
+        suspects = self._suspects
+        while suspects:
+            pub = suspects.popleft()
+            if self._resend(pub):
+                self._trial = pub
+                break
+        else:
+            held, self._held = self._held, deque()
+            for pub in held:
+                self._resend(pub)
         if self._proto.pending_output:
             self._mux.wake_writer()
 
@@ -228,6 +293,11 @@ class Publishing:
                 )
             else:
                 pub.done()
+        trial = self._trial
+        if trial is not None and trial.event.is_set():
+            # The broker took the publish on trial (a nack too): it is cleared.
+            self._trial = None
+            self._next_trial()
 
     def on_return(self, event: Returned) -> None:
         """Note which publishes a ``Basic.Return`` may be about.
@@ -277,3 +347,19 @@ class Publishing:
             returns.popleft()
             self._publishes[chosen].returned = reason
             self._last_returned = chosen
+
+
+def _culprit(event: ChannelClosed, pending: list[Publish]) -> Publish | None:
+    """Find the publish the broker refused in *pending* (in publish order).
+
+    It is the first whose value the reply text names (see ``_NAMED_IN_REPLY``),
+    or ``None`` if the close was not caused by a publish or names nothing.
+    """
+    if (event.class_id, event.method_id) != _BASIC_PUBLISH:
+        return None
+    for pattern, value_of in _NAMED_IN_REPLY:
+        match = pattern.search(event.reply_text)
+        if match is not None:
+            named = match.group(1)
+            return next((pub for pub in pending if value_of(pub) == named), None)
+    return None

@@ -149,7 +149,9 @@ class AmqpTransport(abc.Transport):
         Extra client properties shown by the broker, e.g.
         ``{"connection_name": "orders"}``.
     close_timeout
-        How long closing a connection or a consumer may wait for the broker.
+        How long closing a connection or a consumer may wait for the broker. A
+        close that runs because its task was cancelled waits 1 s at most, so
+        that cancelling is prompt even when the broker does not answer.
     max_message_size
         The largest message body read (``MAX_MESSAGE_SIZE``); a larger one is
         skipped as it arrives, never buffered, and delivered with an empty body
@@ -234,10 +236,13 @@ class AmqpTransport(abc.Transport):
 
         Raises
         ------
+        AccessRefusedByBroker
+            The broker refused the login or the virtual host; the message says
+            what to fix.
         BrokerUnavailable
-            The broker cannot be reached, the TLS handshake failed, or the
-            broker refused the login or the virtual host. The message names the
-            URI with its password masked.
+            The broker cannot be reached or the TLS handshake failed. The
+            message names the URI with its password masked and says why (e.g.
+            ``Connection refused``).
         ConnectionLost
             The connection was lost while the body ran.
         """

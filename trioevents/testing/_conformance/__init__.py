@@ -62,7 +62,9 @@ Every expectation was measured on RabbitMQ 3.10.8. The surprising facts:
   ``delivery_limit``, the count not kept) or drops it.
 * RabbitMQ itself refuses ``expiration="abc"`` or ``"-5"`` and ``delivery_mode=3``
   (406), and a ``user_id`` other than the connection's user (406), so the
-  round-trip check leaves ``user_id`` out.
+  round-trip check leaves ``user_id`` out. 3.10 takes an ``expiration`` up to
+  315360000000 ms, older versions up to 4294967295 ms, and ``CC`` / ``BCC``
+  headers only as arrays: the transports refuse the rest locally.
 """
 
 from __future__ import annotations

@@ -147,3 +147,33 @@ async def check_invalid_property_values_are_refused(
                 f"{refused!r} was published",
             )
         assert await _drain(conn, queue) == []
+
+
+@_check
+async def check_property_values_rabbitmq_would_refuse_are_invalid(
+    make_transport: MakeTransport,
+) -> None:
+    """Values RabbitMQ would refuse by closing the channel are refused locally.
+
+    A refusal by RabbitMQ closes the publish channel under every publish in
+    flight beside it, so these are :class:`InvalidRequest` on every transport:
+    an ``expiration`` over 4294967295 ms or not of ASCII digits, and ``CC`` /
+    ``BCC`` headers (routing keys RabbitMQ routes by) that are not arrays. The
+    largest expiration and an empty ``CC`` array are published as usual.
+    """
+    async with make_transport().open_connection() as conn:
+        queue = (await conn.declare_queue(_name("q"))).name
+        for refused in (
+            Properties(expiration="4294967296"),
+            Properties(expiration="99999999999999999999"),
+            Properties(expiration="\u0663"),  # ARABIC-INDIC DIGIT THREE
+            Properties(expiration=" 5"),
+            Properties(headers={"CC": "elsewhere"}),
+            Properties(headers={"BCC": 5}),
+        ):
+            await _assert_invalid(
+                conn, functools.partial(conn.publish, "", queue, b"x", refused)
+            )
+        await conn.publish("", queue, b"max", Properties(expiration="4294967295"))
+        await conn.publish("", queue, b"cc", Properties(headers={"CC": []}))
+        assert _bodies(await _drain(conn, queue)) == [b"max", b"cc"]
