@@ -9,6 +9,7 @@ flags of the queues, without a broker, in ``test_events_policy.py``.
 
 from __future__ import annotations
 
+import contextvars
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -362,3 +363,92 @@ async def test_a_handler_that_never_returns_is_retried_then_dead_lettered(
     assert problems(caplog, "stuck", "retrying in 0.05 s")
     assert problems(caplog, "stuck", "giving up", f"{queue}.dlq")
     assert await queue_depth(broker_uri, queue) == 0
+
+
+# ------------------------------------------------------------ the worker pool
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "request_id", default="unset"
+)
+
+
+class SetsContext:
+    name = "sets_context"
+
+    @event_handler(SOURCE, EVENT)
+    async def handle(self, payload: Any) -> None:
+        recorder.record("saw", request_id.get())
+        request_id.set(f"set by {payload['n']}")
+        await trio.lowlevel.checkpoint()
+        recorder.record("kept", request_id.get())
+
+
+async def test_a_pooled_worker_never_leaks_contextvars_to_the_next_delivery(
+    broker_uri: str, host_factory: HostFactory
+) -> None:
+    """One worker handles every delivery: each still starts from a clean context."""
+    await host_factory(SetsContext, {"max_workers": 1})
+    await ping(broker_uri, 1, 2, 3)
+    calls = await recorder.wait_for(6)
+    assert [value for who, value in calls if who == "saw"] == ["unset"] * 3
+    assert [value for who, value in calls if who == "kept"] == [
+        "set by 1",
+        "set by 2",
+        "set by 3",
+    ]
+
+
+class Unlucky:
+    name = "unlucky"
+
+    @event_handler(SOURCE, EVENT, timeout=0.5)
+    async def handle(self, payload: Any) -> None:
+        recorder.record("started", payload["n"])
+        if payload["n"] == 1:
+            raise RuntimeError("crash")
+        if payload["n"] == 2:
+            await trio.sleep_forever()  # cancelled by its timeout
+
+
+async def test_a_crash_or_a_cancelled_handler_does_not_stop_the_pool(
+    broker_uri: str, host_factory: HostFactory, broker_clock: Any
+) -> None:
+    await host_factory(Unlucky, {"max_workers": 1})
+    await ping(broker_uri, 1, 2, 3)
+    calls = await recorder.wait_for(3)
+    assert calls == [("started", 1), ("started", 2), ("started", 3)]
+
+
+class Counting:
+    name = "counting"
+
+    @event_handler(SOURCE, EVENT)
+    async def handle(self, payload: Any) -> None:
+        recorder.record("handled", payload["n"])
+
+
+async def test_a_dispatcher_in_a_tight_loop_does_not_starve_the_handlers(
+    host_factory: HostFactory,
+) -> None:
+    """Handlers and other tasks keep running while one task dispatches flat out."""
+    await host_factory(Counting)
+    ticks = 0
+    handled_while_dispatching = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        async with host_factory.dispatcher() as send:
+            for n in range(2000):
+                await send(SOURCE, EVENT, {"n": n})
+            handled_while_dispatching = len(recorder.calls)
+        done = True
+    await recorder.wait_for(2000)
+    assert handled_while_dispatching > 1000  # the handlers kept up
+    assert ticks > 1000  # and so did an unrelated task

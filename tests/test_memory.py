@@ -16,6 +16,7 @@ import trio.testing
 import trioevents._memory
 from trioevents import ConfigurationError, MemoryTransport
 from trioevents._memory import drop_broker
+from trioevents._memory._model import FLOW_LIMIT, FLOW_RESUME
 
 
 async def test_brokers_are_shared_by_name() -> None:
@@ -140,3 +141,41 @@ def test_the_package_imports_only_downward() -> None:
     for index, name in enumerate(layers):
         imported = _package_imports((package / f"{name}.py").read_text("utf-8"))
         assert imported <= set(layers[:index]), name
+
+
+async def test_a_publisher_waits_while_consumers_are_far_behind() -> None:
+    """Flow control: a consumed queue holds at most FLOW_LIMIT ready messages."""
+    published = 0
+    async with MemoryTransport(f"flow-{uuid.uuid4()}").open_connection() as conn:
+        await conn.declare_queue("q")
+        async with conn.open_consumer("q", prefetch_count=1) as consumer:
+
+            async def publish_all() -> None:
+                nonlocal published
+                for _ in range(FLOW_LIMIT + 200):
+                    await conn.publish("", "q", b"x")
+                    published += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish_all)
+                await trio.testing.wait_all_tasks_blocked()
+                # one delivered (unacked), FLOW_LIMIT + 1 ready: the publish
+                # that went past the limit waits for its confirm
+                assert published == FLOW_LIMIT + 1
+                depth = (await conn.declare_queue("q", passive=True)).message_count
+                assert depth == FLOW_LIMIT + 1
+                for _ in range(FLOW_LIMIT - FLOW_RESUME + 2):
+                    delivery = await consumer.receive()
+                    await delivery.ack()
+            assert published == FLOW_LIMIT + 200
+
+
+async def test_a_queue_nobody_consumes_takes_everything() -> None:
+    """No consumer, no flow control: the queue keeps what it is given."""
+    async with MemoryTransport(f"flow-{uuid.uuid4()}").open_connection() as conn:
+        await conn.declare_queue("q")
+        with trio.fail_after(10):
+            for _ in range(FLOW_LIMIT * 2):
+                await conn.publish("", "q", b"x")
+        depth = (await conn.declare_queue("q", passive=True)).message_count
+        assert depth == FLOW_LIMIT * 2

@@ -9,6 +9,7 @@ failure policy (:mod:`._failure`) what to do with the delivery, which
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import uuid
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import trio
 
 from .._connecting import LOST
+from .._contexts import in_context
 from .._exceptions import (
     ChannelClosedByBroker,
     ConsumerCancelled,
@@ -453,8 +455,14 @@ class EventHandler(Entrypoint):
     async def _work(
         self, site: HandlerSite, consumer: abc.Consumer, pool: _Pool
     ) -> None:
-        """One worker of the pool: receive, handle, settle; again until it ends."""
+        """One worker of the pool: receive, handle, settle; again until it ends.
+
+        Each delivery is handled in a fresh copy of the worker's starting
+        :mod:`contextvars` context, as if it had a task of its own: what one
+        handler sets is never seen by the next.
+        """
         limiter = self.service.limiter
+        pristine = contextvars.copy_context()
         try:
             while True:
                 try:
@@ -470,7 +478,17 @@ class EventHandler(Entrypoint):
                 except trio.WouldBlock:
                     await limiter.acquire_on_behalf_of(delivery)
                 try:
-                    await self._handle_delivery(site, delivery)
+                    await in_context(
+                        pristine.copy(), self._handle_delivery(site, delivery)
+                    )
+                except Exception:
+                    # A bug of ours, not the handler's (those are settled):
+                    # the delivery goes back with the consumer; the pool lives.
+                    logger.exception(
+                        "%s: internal error handling delivery %s",
+                        self._where,
+                        delivery.delivery_tag,
+                    )
                 finally:
                     limiter.release_on_behalf_of(delivery)
         finally:

@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 _INF: Final = float("inf")
+#: Ready messages a consumed queue may hold before its publishers wait.
+FLOW_LIMIT: Final = 1000
+#: ... and how far its consumers take it down before they go on.
+FLOW_RESUME: Final = FLOW_LIMIT // 2
 _OVERFLOW_MODES: Final = ("drop-head", "reject-publish", "reject-publish-dlx")
 
 
@@ -178,6 +182,8 @@ class Queue:
     seq: itertools.count[int] = attrs.Factory(itertools.count)
     last_used: float = 0.0
     deleted: bool = False
+    #: Publishers waiting for the consumers to catch up (see :meth:`flooded`).
+    drained: trio.Event | None = None
 
     def __attrs_post_init__(self) -> None:
         args, name = self.arguments, self.name
@@ -227,7 +233,34 @@ class Queue:
     def _pop_head(self) -> Message:
         msg = heapq.heappop(self.requeued) if self.requeued else self.fresh.popleft()
         self.ready_bytes -= len(msg.body)
+        if self.drained is not None and len(self) <= FLOW_RESUME:
+            self.release_publishers()
         return msg
+
+    # -- flow control
+
+    def flooded(self) -> bool:
+        """Whether publishers should wait: consumers are far behind.
+
+        As RabbitMQ's flow control holds back a publisher that outruns a queue,
+        a publish that leaves a consumed queue with more than
+        :data:`FLOW_LIMIT` ready messages waits until its consumers took it
+        down to :data:`FLOW_RESUME`. A queue nobody consumes keeps what it is
+        given (its consumers may come later), as RabbitMQ's queues do.
+        """
+        return bool(self.consumers) and len(self) > FLOW_LIMIT
+
+    async def wait_drained(self) -> None:
+        """Wait until the consumers caught up (or went, or the queue did)."""
+        if self.drained is None:
+            self.drained = trio.Event()
+        await self.drained.wait()
+
+    def release_publishers(self) -> None:
+        """Let the publishers waiting on this queue go on."""
+        if self.drained is not None:
+            self.drained.set()
+            self.drained = None
 
     def head_deadline(self) -> float:
         """Return when the message at the head expires (``inf``: never)."""
@@ -246,6 +279,7 @@ class Queue:
         self.fresh.clear()
         self.requeued.clear()
         self.ready_bytes = 0
+        self.release_publishers()
         return count
 
     def expire(self, now: float) -> None:
@@ -359,6 +393,8 @@ class Queue:
         except ValueError:
             return
         self.last_used = now
+        if not self.consumers:
+            self.release_publishers()
         if self.auto_delete and self.had_consumer and not self.consumers:
             self.broker.delete_queue(self)
         elif self.expires is not None and not self.consumers:

@@ -417,6 +417,7 @@ class MemoryConnection(abc.Connection):
             names = x.route(routing_key)
         refused = False
         routed = False
+        flooded: list[Queue] = []
         queues = broker.queues
         for name in names:
             queue = queues.get(name)
@@ -425,7 +426,16 @@ class MemoryConnection(abc.Connection):
             routed = True
             if not queue.enqueue(exchange, routing_key, props, body, now):
                 refused = True
-        await trio.lowlevel.cancel_shielded_checkpoint()
+            if queue.flooded():
+                flooded.append(queue)
+        if flooded:
+            # Flow control: the message is in; its confirm waits for the
+            # consumers to catch up (a cancel here leaves it published).
+            for queue in flooded:
+                while queue.flooded():
+                    await queue.wait_drained()
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         if mandatory and not routed:
             raise PublishNotConfirmed(
                 f"message to exchange {exchange!r} with routing key {routing_key!r} "
