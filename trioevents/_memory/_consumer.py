@@ -66,7 +66,8 @@ class MemoryConsumer(abc.Consumer):
         #: Deliveries not settled yet, by tag (given to receive() or still buffered).
         self._unsettled: dict[int, tuple[Queue, Message]] = {}
         self._buffer: deque[Delivery] = deque()
-        self._wakeup: trio.Event | None = None
+        #: Receivers waiting for a delivery: one is woken per delivery.
+        self._waiting = trio.lowlevel.ParkingLot()
         self._state = "active"  # active | cancelled | broker-cancelled | closed
 
     @property
@@ -106,7 +107,7 @@ class MemoryConsumer(abc.Consumer):
                 settler=self._settle,
             )
         )
-        self._wake()
+        self._waiting.unpark(count=1)
 
     def cancelled_by_broker(self) -> None:
         if self._state == "active":
@@ -116,9 +117,8 @@ class MemoryConsumer(abc.Consumer):
             self._wake()
 
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            self._wakeup.set()
-            self._wakeup = None
+        """Wake every receiver: the consumer's state changed."""
+        self._waiting.unpark_all()
 
     # -- the seam
 
@@ -139,9 +139,7 @@ class MemoryConsumer(abc.Consumer):
                 )
             if self._state == "closed":
                 raise trio.ClosedResourceError("the consumer is closed")
-            if self._wakeup is None:
-                self._wakeup = trio.Event()
-            await self._broker.wait(self._wakeup)
+            await self._broker.park(self._waiting)
 
     async def cancel(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -477,17 +477,21 @@ class Broker:
         for scope in self._scopes:
             scope.deadline = deadline
 
-    async def wait(self, event: trio.Event) -> None:
-        """Wait for *event*, waking up to expire messages when one is due."""
-        while not event.is_set():
-            with trio.move_on_at(self._deadline) as scope:
-                self._scopes.add(scope)
-                try:
-                    await event.wait()
-                finally:
-                    self._scopes.discard(scope)
-            if scope.cancelled_caught:
-                self.tick()
+    async def park(self, lot: trio.lowlevel.ParkingLot) -> None:
+        """Park in *lot* until unparked, or until a message is due to expire.
+
+        Waiting receivers are what drives expiry (the broker has no task of its
+        own): when the earliest deadline comes, the receiver wakes, expires
+        what is due and returns, so that its caller looks again.
+        """
+        with trio.move_on_at(self._deadline) as scope:
+            self._scopes.add(scope)
+            try:
+                await lot.park()
+            finally:
+                self._scopes.discard(scope)
+        if scope.cancelled_caught:
+            self.tick()
 
     # -- dead letters
 
