@@ -421,6 +421,8 @@ class Broker:
         self._timed: set[Queue] = set()
         self._deadline = _INF
         self._scopes: set[trio.CancelScope] = set()
+        #: Lots whose receivers park without a timer (nothing was due).
+        self._untimed: set[trio.lowlevel.ParkingLot] = set()
         self._run: object = None
         self._last_now = 0.0
 
@@ -435,6 +437,7 @@ class Broker:
                 self._rebase(now - self._last_now)
             self._run = token
             self._scopes = set()
+            self._untimed = set()
         self._last_now = now
         return now
 
@@ -451,6 +454,10 @@ class Broker:
             self._deadline = deadline
             for scope in self._scopes:
                 scope.deadline = deadline
+            # Receivers parked without a timer: wake them to park with one.
+            untimed, self._untimed = self._untimed, set()
+            for lot in untimed:
+                lot.unpark_all()
 
     def tick(self) -> float:
         """Expire whatever is due; return the current time."""
@@ -484,6 +491,12 @@ class Broker:
         own): when the earliest deadline comes, the receiver wakes, expires
         what is due and returns, so that its caller looks again.
         """
+        if self._deadline == _INF:
+            # Nothing is due: no timer (a cancel scope per wait is the costly
+            # part); a deadline noted meanwhile wakes us to park with one.
+            self._untimed.add(lot)
+            await lot.park()
+            return
         with trio.move_on_at(self._deadline) as scope:
             self._scopes.add(scope)
             try:
