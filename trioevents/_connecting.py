@@ -8,16 +8,29 @@ lost connection is retried for ever. The host's :meth:`serve
 <trioevents.ServiceHost.serve>` and :meth:`ServiceHost.dispatcher
 <trioevents.ServiceHost.dispatcher>` both keep their connection with a
 :class:`ConnectionKeeper`.
+
+Which node to try when ``AMQP_URI`` names several is :class:`Failover`'s
+decision (``FAILOVER_STRATEGY``): the AMQP transport asks it for the order of
+each round, and tells it which node a connection was made to and which one it
+lost. A round tries every node once, one after the other; the keeper's backoff
+runs between rounds, so a dead node costs no delay while another answers
+(kombu's rule), and ``CONNECT_ATTEMPTS`` counts rounds.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final, runtime_checkable
 
 import trio
 
-from ._exceptions import BrokerUnavailable, ConnectionLost, RemoteProtocolError
+from ._config import FAILOVER_STRATEGIES
+from ._exceptions import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ConnectionLost,
+    RemoteProtocolError,
+)
 from ._groups import leaves
 from ._uri import masked_uri
 
@@ -26,9 +39,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from . import abc
-    from ._config import Config
+    from ._config import Config, FailoverStrategy
 
-__all__ = ["LOST", "ConnectionKeeper", "connection_failure"]
+__all__ = ["LOST", "ConnectionKeeper", "Failover", "connection_failure"]
 
 #: What a dead connection raises. A broker that broke the protocol closed the
 #: connection too: we connect again rather than give up.
@@ -49,6 +62,98 @@ def connection_failure(exc: BaseException) -> BaseException | None:
     if found and all(isinstance(e, (*LOST, BrokerUnavailable)) for e in found):
         return found[0]
     return None
+
+
+@final
+class Failover:
+    """Which of several broker addresses to try next (``FAILOVER_STRATEGY``).
+
+    Each round tries every address once, in the order :meth:`order` gives:
+
+    ``round-robin`` (kombu's default)
+        From the address of the last connection made (the first address to
+        begin with), wrapping around: a client keeps to a node that works and
+        connects to the first address that answers. Once a connection to a
+        node failed, rounds start with the address after it, so the failed
+        node is tried last.
+    ``shuffle``
+        A random order each round, which spreads clients over the nodes; a
+        node whose connection just failed is tried last.
+
+    Parameters
+    ----------
+    count
+        How many addresses there are.
+    strategy
+        ``"round-robin"`` or ``"shuffle"``.
+    rng
+        The random numbers of ``shuffle`` (tests pass a seeded one).
+
+    Raises
+    ------
+    ConfigurationError
+        An unknown *strategy*.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        strategy: FailoverStrategy = "round-robin",
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        if strategy not in FAILOVER_STRATEGIES:
+            known = " or ".join(repr(name) for name in FAILOVER_STRATEGIES)
+            raise ConfigurationError(
+                f"FAILOVER_STRATEGY must be {known}, not {strategy!r}"
+            )
+        if count < 1:
+            raise ValueError(f"no address to fail over between (count={count})")
+        self._count = count
+        self._strategy = strategy
+        self._rng = rng if rng is not None else random.Random()
+        self._start = 0
+        self._failed: int | None = None
+
+    @property
+    def strategy(self) -> FailoverStrategy:
+        """``"round-robin"`` or ``"shuffle"``."""
+        return self._strategy
+
+    def order(self) -> list[int]:
+        """Return the indexes of the addresses to try in the next round."""
+        count = self._count
+        if self._strategy == "round-robin":
+            return [(self._start + step) % count for step in range(count)]
+        order = self._rng.sample(range(count), count)
+        if self._failed is not None:
+            order.remove(self._failed)
+            order.append(self._failed)
+        return order
+
+    def connected(self, index: int) -> None:
+        """A connection to address *index* was made: start there next time."""
+        self._start = index
+        self._failed = None
+
+    def failed(self, index: int) -> None:
+        """A connection to address *index* was lost: try it last next time."""
+        self._failed = index
+        if self._start == index:
+            self._start = (index + 1) % self._count
+
+
+@runtime_checkable
+class _NamesItsPeer(Protocol):
+    """A connection that says which node it is to (password masked)."""
+
+    @property
+    def peer(self) -> str: ...
+
+
+def node_of(connection: object, default: str) -> str:
+    """Return the node *connection* is to, fit for logs; *default* if it won't say."""
+    return connection.peer if isinstance(connection, _NamesItsPeer) else default
 
 
 @final
@@ -119,11 +224,13 @@ class ConnectionKeeper:
         failures = 0
         while True:
             connected = False
+            node = self._uri
             self._ready_on_this_connection = False
             try:
                 async with self._transport.open_connection() as connection:
                     connected = True
-                    self._logger.info("connected to %s", self._uri)
+                    node = node_of(connection, self._uri)
+                    self._logger.info("connected to %s", node)
                     await serve(connection)
                 return
             except BaseException as exc:
@@ -147,7 +254,7 @@ class ConnectionKeeper:
             self._logger.warning(
                 "%s %s: %s; reconnecting in %.1f s (attempt %d)",
                 "connection lost to" if connected else "cannot connect to",
-                self._uri,
+                node,
                 cause,
                 delay,
                 failures + 1,

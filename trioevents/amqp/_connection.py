@@ -252,6 +252,11 @@ class AmqpConnection(abc.Connection):
     # -- public state
 
     @property
+    def peer(self) -> str:
+        """The broker as this connection names it in errors and logs (no password)."""
+        return self._peer
+
+    @property
     def server_properties(self) -> Mapping[str, Any]:
         """What the broker said about itself (``product``, ``version``, ...)."""
         return self._server_properties
