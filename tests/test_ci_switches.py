@@ -2,10 +2,13 @@
 
 ``conftest.py`` skips the disruptive tests (``rabbitmq_restart``: they restart
 the RabbitMQ app under every client of the broker) unless
-``TRIOEVENTS_DISRUPTIVE_TESTS=1`` or ``--run-disruptive``; ``.ci/run`` opts in.
+``TRIOEVENTS_DISRUPTIVE_TESTS=1`` or ``--run-disruptive``, and the cluster tests
+(``rabbitmq_cluster``: they start a throwaway 3-node cluster) unless
+``TRIOEVENTS_CLUSTER_TESTS=1`` or ``--run-cluster``; ``.ci/run`` opts in to both.
 
 These tests only ever *plan* the broker-restart test: ``--setup-plan`` runs no
-test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides.
+test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides. The
+cluster tests are only collected (their skip marks are read at collection).
 
 The tests that run nameko (``tests/nameko_python.py``) skip without nameko's
 Python, unless ``TRIOEVENTS_NAMEKO_PYTHON`` names one (``.ci/run`` does) or
@@ -70,6 +73,38 @@ def test_the_broker_restart_test_runs_when_asked_for(
     report = plan(*args, **environ)
     assert "disruptive" not in report
     assert "needs rabbitmqctl" in report
+
+
+CLUSTER_TESTS = "tests/cluster"
+
+
+def plan_cluster_tests(*args: str, **environ: str) -> str:
+    """Plan (never run) the cluster tests; return pytest's report."""
+    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_CLUSTER_TESTS"}
+    env.update(environ)
+    done = run_pytest("--setup-plan", "-rs", CLUSTER_TESTS, *args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_cluster_tests_are_skipped_unless_asked_for() -> None:
+    report = plan_cluster_tests()
+    assert "3 skipped" in report
+    assert "starts a throwaway 3-node RabbitMQ cluster" in report
+    assert "--run-cluster or TRIOEVENTS_CLUSTER_TESTS=1" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "environ"),
+    [(("--run-cluster",), {}), ((), {"TRIOEVENTS_CLUSTER_TESTS": "1"})],
+)
+def test_the_cluster_tests_run_when_asked_for(
+    args: tuple[str, ...], environ: dict[str, str]
+) -> None:
+    """Asked for, nothing skips them up front: they set the cluster up."""
+    report = plan_cluster_tests(*args, **environ)
+    assert "skipped" not in report
+    assert report.count("SETUP    S rabbit_cluster") == 1
 
 
 # ------------------------------------------------------------------ nameko's Python
