@@ -45,12 +45,18 @@ def run_pytest(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-def plan(*args: str, **environ: str) -> str:
-    """Plan (never run) the broker-restart test; return pytest's report."""
-    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_DISRUPTIVE_TESTS"}
+CLUSTER_TESTS = "tests/cluster"
+#: The variables that opt in to the tests run only when asked for.
+OPT_IN_VARIABLES = ("TRIOEVENTS_DISRUPTIVE_TESTS", "TRIOEVENTS_CLUSTER_TESTS")
+
+
+def plan(*args: str, tests: str = RESTART_TEST, **environ: str) -> str:
+    """Plan (never run) *tests*, not opted in unless *args* or *environ* say so;
+    return pytest's report."""
+    env = {k: v for k, v in os.environ.items() if k not in OPT_IN_VARIABLES}
     env["PATH"] = str(pathlib.Path(sys.executable).parent)  # no rabbitmqctl
     env.update(environ)
-    done = run_pytest("--setup-plan", "-rs", RESTART_TEST, *args, env=env)
+    done = run_pytest("--setup-plan", "-rs", tests, *args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -75,20 +81,8 @@ def test_the_broker_restart_test_runs_when_asked_for(
     assert "needs rabbitmqctl" in report
 
 
-CLUSTER_TESTS = "tests/cluster"
-
-
-def plan_cluster_tests(*args: str, **environ: str) -> str:
-    """Plan (never run) the cluster tests; return pytest's report."""
-    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_CLUSTER_TESTS"}
-    env.update(environ)
-    done = run_pytest("--setup-plan", "-rs", CLUSTER_TESTS, *args, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def test_the_cluster_tests_are_skipped_unless_asked_for() -> None:
-    report = plan_cluster_tests()
+    report = plan(tests=CLUSTER_TESTS)
     assert "3 skipped" in report
     assert "starts a throwaway 3-node RabbitMQ cluster" in report
     assert "--run-cluster or TRIOEVENTS_CLUSTER_TESTS=1" in report
@@ -102,7 +96,7 @@ def test_the_cluster_tests_run_when_asked_for(
     args: tuple[str, ...], environ: dict[str, str]
 ) -> None:
     """Asked for, nothing skips them up front: they set the cluster up."""
-    report = plan_cluster_tests(*args, **environ)
+    report = plan(*args, tests=CLUSTER_TESTS, **environ)
     assert "skipped" not in report
     assert report.count("SETUP    S rabbit_cluster") == 1
 

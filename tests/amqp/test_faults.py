@@ -43,18 +43,17 @@ import trio
 
 from trioevents import (
     EventDispatcher,
-    ServiceHost,
     event_handler,
 )
 
 from ..support.counting import (
     DEADLINE,
-    PREFETCH,
     SOURCE,
     Report,
     Sink,
     Tally,
     check,
+    counting_host as make_host,
     counting_service,
     dispatch_all,
     round_trip,
@@ -95,19 +94,6 @@ def via(proxy: TcpProxy, uri: str) -> str:
     login = parts.netloc.rpartition("@")[0]
     netloc = f"{login}@127.0.0.1:{proxy.port}" if login else f"127.0.0.1:{proxy.port}"
     return parts._replace(netloc=netloc).geturl()
-
-
-def make_host(services: list[type], uri: str, **config: Any) -> ServiceHost:
-    return ServiceHost(
-        services,
-        {
-            "AMQP_URI": uri,
-            "max_workers": PREFETCH,
-            "RECONNECT_DELAY": 0.1,
-            "RECONNECT_MAX_DELAY": 1,
-            **config,
-        },
-    )
 
 
 # --------------------------------------------------------------------------- tests

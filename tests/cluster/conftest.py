@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 def rabbit_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RabbitCluster]:
-    """Three clustered nodes, ``t1@localhost`` ... ``t3@localhost``, for the session."""
+    """Three clustered nodes, ``t1`` ... ``t3``, for the session."""
     sbin = find_sbin()
     if sbin is None:
         problem = (
@@ -70,5 +70,4 @@ def cluster_vhost(cluster: RabbitCluster) -> Iterator[str]:
     try:
         yield name
     finally:
-        cluster.ensure_running()
         cluster.delete_vhost(name)

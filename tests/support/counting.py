@@ -25,14 +25,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from trioevents import BrokerUnavailable, event_handler
+from trioevents import BrokerUnavailable, ServiceHost, event_handler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     import pytest
-
-    from trioevents import ServiceHost
 
 #: The service the counted events come from.
 SOURCE = "faults"
@@ -200,6 +198,20 @@ async def send_all(
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(_send, dispatch, tally, source, event, padding)
+
+
+def counting_host(services: list[type], uri: str, **config: Any) -> ServiceHost:
+    """A host of *services* on *uri* that reconnects fast: prefetch ``PREFETCH``."""
+    return ServiceHost(
+        services,
+        {
+            "AMQP_URI": uri,
+            "max_workers": PREFETCH,
+            "RECONNECT_DELAY": 0.1,
+            "RECONNECT_MAX_DELAY": 1,
+            **config,
+        },
+    )
 
 
 async def round_trip(host: ServiceHost, sink: Sink, event_id: int) -> None:

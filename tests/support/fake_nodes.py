@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 import trio.testing
-from pamqp import commands
 
 from tests.amqp.fake_broker import FakeBroker
 from trioevents._exceptions import BrokerUnavailable
@@ -69,7 +68,7 @@ class FakeNodes:
 
     async def _serve(self, broker: FakeBroker, refuse_login: bool) -> None:
         if refuse_login:
-            await _refuse_login(broker)
+            await broker.refuse_login()
             return
         await broker.handshake()
         await broker.answer_close()
@@ -81,34 +80,3 @@ class FakeNodes:
             for broker in self.brokers.get(node, [])
             if broker.start_ok is not None and broker.open is not None
         ]
-
-
-async def _refuse_login(broker: FakeBroker) -> None:
-    """Answer the handshake's start with RabbitMQ's login refusal."""
-    while len(broker.buffer) < 8:
-        await broker._read()
-    del broker.buffer[:8]  # the protocol header
-    await broker.send(
-        (
-            0,
-            commands.Connection.Start(
-                server_properties={"product": "FakeBroker"},
-                mechanisms="PLAIN",
-                locales="en_US",
-            ),
-        )
-    )
-    broker.start_ok = await broker.expect(commands.Connection.StartOk, 0)
-    await broker.send(
-        (
-            0,
-            commands.Connection.Close(
-                403,
-                "ACCESS_REFUSED - Login was refused using authentication "
-                "mechanism PLAIN",
-                0,
-                0,
-            ),
-        )
-    )
-    await broker.stream.aclose()

@@ -1,9 +1,10 @@
 """A throwaway RabbitMQ cluster beside the default broker, for the cluster tests.
 
-:class:`RabbitCluster` starts nodes ``t1@localhost``, ``t2@localhost``, ... from
+:class:`RabbitCluster` starts nodes ``t1``, ``t2``, ... (``t1-<token>@localhost``:
+a token of their own, so that two test sessions on one machine never meet) from
 the package's own scripts (``.../rabbitmq_server-<version>/sbin``, not the
 wrappers on ``PATH``, which switch to the ``rabbitmq`` user and use the default
-node's files), clusters them (``stop_app``, ``join_cluster t1@localhost``,
+node's files), clusters them (``stop_app``, ``join_cluster <t1>``,
 ``start_app``) and removes every trace of them at the end.
 
 Each node has its own ports (free ones, picked at start), data, logs, pid file,
@@ -90,15 +91,14 @@ def port_open(port: int) -> bool:
 class Node:
     """One node of the throwaway cluster."""
 
+    #: ``t1``, ``t2``, ...: how reports name the node.
     name: str
+    #: The Erlang node name, unique to this cluster: ``t1-<token>@localhost``.
+    nodename: str
     port: int
     dist_port: int
     base: pathlib.Path
     process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def nodename(self) -> str:
-        return f"{self.name}@localhost"
 
     @property
     def pid_file(self) -> pathlib.Path:
@@ -148,7 +148,7 @@ class Node:
 
 @attrs.define(eq=False)
 class RabbitCluster:
-    """Nodes ``t1@localhost`` ... of a throwaway cluster under *root*.
+    """Nodes ``t1``, ``t2``, ... of a throwaway cluster under *root*.
 
     Build it with :meth:`start`; always :meth:`close` it.
     """
@@ -173,9 +173,11 @@ class RabbitCluster:
             cookie.write_text(secrets.token_hex(20).upper())
             cookie.chmod(0o400)
             ports = free_ports(2 * size)
+            token = secrets.token_hex(3)
             for number in range(size):
                 node = Node(
                     f"t{number + 1}",
+                    nodename=f"t{number + 1}-{token}@localhost",
                     port=ports[2 * number],
                     dist_port=ports[2 * number + 1],
                     base=root / f"t{number + 1}",
