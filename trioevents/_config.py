@@ -400,8 +400,9 @@ class Config(Mapping[str, Any]):
         ``PUBLISH_TIMEOUT``: seconds a dispatch waits for the broker's confirm;
         ``None`` waits for ever.
     connect_attempts
-        ``CONNECT_ATTEMPTS``: how many times ``serve()`` tries to connect before
-        it fails with :class:`~trioevents.BrokerUnavailable`. Once serving, a lost
+        ``CONNECT_ATTEMPTS``: how many times ``serve()`` tries to connect (each
+        time to every node of ``AMQP_URI`` in turn) before it fails with
+        :class:`~trioevents.BrokerUnavailable`. Once serving, a lost
         connection is retried for ever.
     reconnect_delay
         ``RECONNECT_DELAY``: seconds before the first reconnect; each failure

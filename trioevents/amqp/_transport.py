@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from contextlib import AbstractAsyncContextManager
 
-    from .._config import FailoverStrategy
     from ._connection import AmqpConnection
 
 __all__ = ["AmqpAddress", "AmqpParameters", "AmqpTransport", "make_ssl_context"]
@@ -204,7 +203,7 @@ class AmqpTransport(abc.Transport):
         client_properties: Mapping[str, Any] | None = None,
         close_timeout: float = 5.0,
         max_message_size: int | None = None,
-        failover_strategy: FailoverStrategy = "round-robin",
+        failover_strategy: Literal["round-robin", "shuffle"] = "round-robin",
     ) -> None:
         parsed = parse_broker_uri(uri)
         if parsed.is_memory:
@@ -257,7 +256,7 @@ class AmqpTransport(abc.Transport):
         return tuple(node.address for node in self._nodes)
 
     @property
-    def failover_strategy(self) -> FailoverStrategy:
+    def failover_strategy(self) -> Literal["round-robin", "shuffle"]:
         """The order in which the addresses are tried (``FAILOVER_STRATEGY``)."""
         return self._failover.strategy
 
