@@ -283,40 +283,55 @@ class Publisher:
         deadline = trio.current_time() + timeout
         nacks = 0
         while True:
-            request = _Request(
-                exchange, routing_key, body, properties, mandatory, declare
-            )
             try:
-                # Cancelled before send() returned: nothing was queued. Cancelled
-                # while waiting for the confirm: abandoned unless already sent.
-                with trio.move_on_at(deadline) as scope:
-                    await self._send.send(request)
-                    await request.done.wait()
-            finally:
-                if not request.done.is_set():
-                    request.abandoned = True
-            if scope.cancelled_caught:
-                cause = f"; last connection error: {self._cause}" if self._cause else ""
-                if nacks:
-                    cause += f"; nacked {nacks} times before"
-                raise BrokerUnavailable(
-                    f"the broker did not confirm the message to {exchange!r} within "
-                    f"PUBLISH_TIMEOUT ({self._timeout} s){cause}"
-                )
-            error = request.error
-            if error is None:
+                await self._publish_once(
+                    exchange, routing_key, body, properties,
+                    mandatory=mandatory, declare=declare, deadline=deadline,
+                )  # fmt: skip
                 return
-            if mandatory or not isinstance(error, PublishNotConfirmed):
-                raise error
-            nacks += 1
-            delay = min(self._nack_delay * 2 ** (nacks - 1), self._nack_max_delay)
+            except PublishNotConfirmed as exc:
+                if mandatory:  # maybe returned: no queue took it
+                    raise
+                nacks += 1
+                delay = min(self._nack_delay * 2 ** (nacks - 1), self._nack_max_delay)
+                with trio.move_on_at(deadline) as scope:
+                    await trio.sleep(delay)
+                if scope.cancelled_caught:
+                    raise PublishNotConfirmed(
+                        f"{exc}; refused {nacks} times within PUBLISH_TIMEOUT "
+                        f"({self._timeout} s)"
+                    ) from exc
+
+    async def _publish_once(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool,
+        declare: bool,
+        deadline: float,
+    ) -> None:
+        """Publish a message once and wait for its confirm, until *deadline*."""
+        request = _Request(exchange, routing_key, body, properties, mandatory, declare)
+        try:
+            # Cancelled before send() returned: nothing was queued. Cancelled
+            # while waiting for the confirm: abandoned unless already sent.
             with trio.move_on_at(deadline) as scope:
-                await trio.sleep(delay)
-            if scope.cancelled_caught:
-                raise PublishNotConfirmed(
-                    f"{error}; refused {nacks} times within PUBLISH_TIMEOUT "
-                    f"({self._timeout} s)"
-                ) from error
+                await self._send.send(request)
+                await request.done.wait()
+        finally:
+            if not request.done.is_set():
+                request.abandoned = True
+        if scope.cancelled_caught:
+            cause = f"; last connection error: {self._cause}" if self._cause else ""
+            raise BrokerUnavailable(
+                f"the broker did not confirm the message to {exchange!r} within "
+                f"PUBLISH_TIMEOUT ({self._timeout} s){cause}"
+            )
+        if request.error is not None:
+            raise request.error
 
     async def run(self, connection: abc.Connection) -> None:
         """Publish queued requests on *connection* until it dies or is cancelled.
