@@ -17,6 +17,11 @@ per call).
 Tests that disturb every client of the broker, not just their own vhost (marked
 ``rabbitmq_restart``: they stop and start the RabbitMQ app), are skipped unless
 ``--run-disruptive`` or ``TRIOEVENTS_DISRUPTIVE_TESTS=1`` (``.ci/run`` sets it).
+Tests that start a throwaway 3-node RabbitMQ cluster beside the default broker
+(marked ``rabbitmq_cluster``, in ``tests/cluster/``: ~30 s to start, ~140 MiB a
+node) are skipped unless ``--run-cluster`` or ``TRIOEVENTS_CLUSTER_TESTS=1``
+(``.ci/run`` sets it); opted in, they fail rather than skip without the
+rabbitmq-server package when ``TRIOEVENTS_REQUIRE_RABBITMQ=1``.
 
 Docs examples
 -------------
@@ -57,6 +62,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 from sybil import Sybil
 from sybil.evaluators.python import pad
@@ -80,25 +86,56 @@ pytest_plugins = ["pytester"]
 LOCAL_RABBITMQ = "amqp://guest:guest@localhost:5672/"
 
 
-# ------------------------------------------------------------ disruptive tests
+# ------------------------------------------------- tests that run when asked for
 
-#: Markers of tests that disturb every client of the broker, not just their vhost.
-DISRUPTIVE_MARKERS = ("rabbitmq_restart",)
-#: Set to 1 (as .ci/run does) to run them; or pass --run-disruptive.
-DISRUPTIVE_OPT_IN = "TRIOEVENTS_DISRUPTIVE_TESTS"
-DISRUPTIVE_REASON = (
-    "disruptive: restarts the RabbitMQ app, disconnecting every client of the "
-    f"broker; run it with --run-disruptive or {DISRUPTIVE_OPT_IN}=1"
+
+@attrs.frozen
+class OptIn:
+    """Tests of a marker that run only when asked for, by flag or variable."""
+
+    marker: str
+    flag: str
+    variable: str
+    #: What the tests do, to say why they were skipped.
+    what: str
+
+    @property
+    def reason(self) -> str:
+        return f"{self.what}; run it with {self.flag} or {self.variable}=1"
+
+    def asked_for(self, config: pytest.Config) -> bool:
+        dest = self.flag.removeprefix("--").replace("-", "_")
+        return bool(config.getoption(dest)) or env_flag(self.variable)
+
+
+#: .ci/run sets each variable.
+OPT_INS = (
+    OptIn(
+        "rabbitmq_restart",
+        "--run-disruptive",
+        "TRIOEVENTS_DISRUPTIVE_TESTS",
+        "disruptive: restarts the RabbitMQ app, disconnecting every client of "
+        "the broker",
+    ),
+    OptIn(
+        "rabbitmq_cluster",
+        "--run-cluster",
+        "TRIOEVENTS_CLUSTER_TESTS",
+        "starts a throwaway 3-node RabbitMQ cluster beside the default broker "
+        "(~30 s, ~140 MiB a node)",
+    ),
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.getgroup("trioevents project").addoption(
-        "--run-disruptive",
-        action="store_true",
-        help="also run the tests that disrupt every client of the broker "
-        f"(marked rabbitmq_restart); or set {DISRUPTIVE_OPT_IN}=1",
-    )
+    group = parser.getgroup("trioevents project")
+    for opt_in in OPT_INS:
+        group.addoption(
+            opt_in.flag,
+            action="store_true",
+            help=f"also run the tests marked {opt_in.marker} ({opt_in.what}); or "
+            f"set {opt_in.variable}=1",
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -197,18 +234,17 @@ def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """Mark the docs examples that run on RabbitMQ with ``rabbitmq``; skip the
-    disruptive tests unless asked for."""
-    run_disruptive = config.getoption("run_disruptive") or env_flag(DISRUPTIVE_OPT_IN)
+    disruptive and cluster tests unless asked for."""
+    not_asked = [opt_in for opt_in in OPT_INS if not opt_in.asked_for(config)]
     for item in items:
         example = getattr(item, "example", None)
         if example is not None and (
             _needs_rabbitmq(example) or _is_nameko_test(example)
         ):
             item.add_marker(pytest.mark.rabbitmq)
-        if not run_disruptive and any(
-            item.get_closest_marker(name) for name in DISRUPTIVE_MARKERS
-        ):
-            # First, so that this reason wins over the test's own skipif marks.
-            item.add_marker(
-                pytest.mark.skipif(True, reason=DISRUPTIVE_REASON), append=False
-            )
+        for opt_in in not_asked:
+            if item.get_closest_marker(opt_in.marker):
+                # First, so that this reason wins over the test's own skipif marks.
+                item.add_marker(
+                    pytest.mark.skipif(True, reason=opt_in.reason), append=False
+                )

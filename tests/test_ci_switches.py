@@ -2,10 +2,13 @@
 
 ``conftest.py`` skips the disruptive tests (``rabbitmq_restart``: they restart
 the RabbitMQ app under every client of the broker) unless
-``TRIOEVENTS_DISRUPTIVE_TESTS=1`` or ``--run-disruptive``; ``.ci/run`` opts in.
+``TRIOEVENTS_DISRUPTIVE_TESTS=1`` or ``--run-disruptive``, and the cluster tests
+(``rabbitmq_cluster``: they start a throwaway 3-node cluster) unless
+``TRIOEVENTS_CLUSTER_TESTS=1`` or ``--run-cluster``; ``.ci/run`` opts in to both.
 
 These tests only ever *plan* the broker-restart test: ``--setup-plan`` runs no
-test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides.
+test body and no fixture, and ``rabbitmqctl`` is left off ``PATH`` besides. The
+cluster tests are only collected (their skip marks are read at collection).
 
 The tests that run nameko (``tests/nameko_python.py``) skip without nameko's
 Python, unless ``TRIOEVENTS_NAMEKO_PYTHON`` names one (``.ci/run`` does) or
@@ -42,12 +45,18 @@ def run_pytest(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-def plan(*args: str, **environ: str) -> str:
-    """Plan (never run) the broker-restart test; return pytest's report."""
-    env = {k: v for k, v in os.environ.items() if k != "TRIOEVENTS_DISRUPTIVE_TESTS"}
+CLUSTER_TESTS = "tests/cluster"
+#: The variables that opt in to the tests run only when asked for.
+OPT_IN_VARIABLES = ("TRIOEVENTS_DISRUPTIVE_TESTS", "TRIOEVENTS_CLUSTER_TESTS")
+
+
+def plan(*args: str, tests: str = RESTART_TEST, **environ: str) -> str:
+    """Plan (never run) *tests*, not opted in unless *args* or *environ* say so;
+    return pytest's report."""
+    env = {k: v for k, v in os.environ.items() if k not in OPT_IN_VARIABLES}
     env["PATH"] = str(pathlib.Path(sys.executable).parent)  # no rabbitmqctl
     env.update(environ)
-    done = run_pytest("--setup-plan", "-rs", RESTART_TEST, *args, env=env)
+    done = run_pytest("--setup-plan", "-rs", tests, *args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -70,6 +79,26 @@ def test_the_broker_restart_test_runs_when_asked_for(
     report = plan(*args, **environ)
     assert "disruptive" not in report
     assert "needs rabbitmqctl" in report
+
+
+def test_the_cluster_tests_are_skipped_unless_asked_for() -> None:
+    report = plan(tests=CLUSTER_TESTS)
+    assert "3 skipped" in report
+    assert "starts a throwaway 3-node RabbitMQ cluster" in report
+    assert "--run-cluster or TRIOEVENTS_CLUSTER_TESTS=1" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "environ"),
+    [(("--run-cluster",), {}), ((), {"TRIOEVENTS_CLUSTER_TESTS": "1"})],
+)
+def test_the_cluster_tests_run_when_asked_for(
+    args: tuple[str, ...], environ: dict[str, str]
+) -> None:
+    """Asked for, nothing skips them up front: they set the cluster up."""
+    report = plan(*args, tests=CLUSTER_TESTS, **environ)
+    assert "skipped" not in report
+    assert report.count("SETUP    S rabbit_cluster") == 1
 
 
 # ------------------------------------------------------------------ nameko's Python

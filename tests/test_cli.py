@@ -798,6 +798,24 @@ def test_show_config_prints_yaml_with_the_password_masked(
     assert captured.err == ""  # the application's own key: no warning
 
 
+def test_show_config_lists_the_nodes_of_a_cluster_masked(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``;``-separated AMQP_URI shows as a list, in the order tried."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "AMQP_URI: amqp://a:pw-one@rabbit1:5672/;amqp://b:pw-two@rabbit2:5672/v\n"
+        "FAILOVER_STRATEGY: shuffle\n"
+    )
+    _, shown, sources, _ = _show_config(capsys, "--config", str(config))
+    assert shown["AMQP_URI"] == [
+        "amqp://a:****@rabbit1:5672/",
+        "amqp://b:****@rabbit2:5672/v",
+    ]
+    assert shown["FAILOVER_STRATEGY"] == "shuffle"
+    assert sources["AMQP_URI"] == sources["FAILOVER_STRATEGY"] == str(config)
+
+
 def test_show_config_masks_the_applications_secrets(
     tmp_path: pathlib.Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -411,7 +411,8 @@ def test_config_is_a_read_only_mapping_by_nameko_key() -> None:
         config["NOPE"]
     assert list(config)[:3] == ["AMQP_URI", "max_workers", "PREFETCH_COUNT"]
     assert list(config)[-1] == "SERVICE_IDENTIFIER"
-    assert len(config) == len(list(config.keys())) == 18
+    known = len(attrs.fields(Config)) - 1  # every attribute but extra
+    assert len(config) == len(list(config.keys())) == known + 1
     assert dict(config.items())["LOGGING"] is None
     assert not hasattr(config, "__setitem__")
     assert Config.from_mapping(config) == config
@@ -767,3 +768,72 @@ def test_load_says_where_each_value_came_from(tmp_path: Path) -> None:
     assert loaded.sources["HEARTBEAT"] == "default"
     assert loaded.layers == ("--broker", "environment", str(path))
     assert set(loaded.sources) == set(loaded.config)
+
+
+# ------------------------------------------- several broker addresses (#13)
+
+FAILOVER_YAML = """\
+AMQP_URI:
+  - amqp://ann:${RABBIT_PASSWORD:pw-one}@rabbit1:5672/
+  - amqp://bob:pw-two@rabbit2:5672/
+FAILOVER_STRATEGY: shuffle
+"""
+
+
+def test_amqp_uri_may_be_a_yaml_list_of_nodes() -> None:
+    config = Config.from_yaml(FAILOVER_YAML)
+    assert config.amqp_uri == (
+        "amqp://ann:pw-one@rabbit1:5672/;amqp://bob:pw-two@rabbit2:5672/"
+    )
+    assert config.failover_strategy == "shuffle"
+    assert "pw-" not in repr(config)
+
+
+@pytest.mark.parametrize("given", ["list", "tuple", "joined"])
+def test_a_list_of_nodes_is_kombu_s_failover_form(given: str) -> None:
+    """A list (from Python too, directly or by key) is the ``;``-joined form,
+    what nameko config files already hold, which works unchanged."""
+    nodes = ["amqp://a:p1@r1/", " amqp://b:p2@r2/v"]
+    value: object = {"list": nodes, "tuple": tuple(nodes), "joined": ";".join(nodes)}[
+        given
+    ]
+    joined = "amqp://a:p1@r1/;amqp://b:p2@r2/v"
+    by_key = Config.from_mapping({"AMQP_URI": value})
+    assert by_key.amqp_uri.replace("; ", ";") == joined
+    assert Config(amqp_uri=value).amqp_uri == by_key.amqp_uri  # type: ignore[arg-type]
+    hosts = [a.host for a in parse_broker_uri(by_key.amqp_uri).addresses]
+    assert hosts == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ([], "a non-empty list"),
+        (["amqp://u:secret@r1/", 5672], "address 2 of the list must be a str"),
+        (["amqp://u:secret@r1/", "amqp://u:secret@r2:99999/"], "is not a valid URI"),
+        (["amqp://u:secret@r1/", "redis://u:secret@r2/"], "unsupported scheme"),
+        (["memory://", "amqp://u:secret@r1/"], "memory:// cannot be one of several"),
+    ],
+)
+def test_a_bad_node_in_the_list_is_named_with_its_password_masked(
+    value: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="AMQP_URI") as caught:
+        Config.from_mapping({"AMQP_URI": value})
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_failover_strategy_defaults_to_round_robin_and_is_checked() -> None:
+    assert Config().failover_strategy == "round-robin"
+    assert (
+        Config.load(environ={"TRIOEVENTS_FAILOVER_STRATEGY": "shuffle"})[
+            "FAILOVER_STRATEGY"
+        ]
+        == "shuffle"
+    )
+    with pytest.raises(
+        ConfigurationError,
+        match="config key 'FAILOVER_STRATEGY': expected 'round-robin' or 'shuffle'",
+    ):
+        Config.from_mapping({"FAILOVER_STRATEGY": "random"})

@@ -18,9 +18,22 @@ import pytest
 import trio
 import trio.testing
 
-from trioevents import BrokerUnavailable, EventDispatcher, ServiceHost, event_handler
+from trioevents import (
+    BrokerUnavailable,
+    EventDispatcher,
+    PublishNotConfirmed,
+    ServiceHost,
+    event_handler,
+)
 
-from .support.brokers import dispatch, flaky_host, queue_depth, take_all, watch
+from .support.brokers import (
+    connect,
+    dispatch,
+    flaky_host,
+    queue_depth,
+    take_all,
+    watch,
+)
 from .support.recording import Recorder
 
 if TYPE_CHECKING:
@@ -124,6 +137,61 @@ async def test_a_dispatch_past_publish_timeout_raises_and_the_dispatcher_recover
         await send("src", "ping", {"n": 2})
     # the timed-out dispatch was abandoned, never published late
     assert await queue_depth(memory_uri, queue) == 1
+
+
+async def full_queue(uri: str, source: str) -> str:
+    """A queue of one message, full, that refuses (nacks) the next publishes."""
+    queue = "full"
+    async with connect(uri) as connection:
+        await connection.declare_exchange(f"{source}.events", durable=True)
+        await connection.declare_queue(
+            queue, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
+        await connection.bind_queue(queue, f"{source}.events", "#")
+    await dispatch(uri, source, "ping", {"n": 0})
+    return queue
+
+
+async def test_a_nacked_dispatch_is_published_again_until_confirmed(
+    broker_uri: str, broker_clock: trio.testing.MockClock | None
+) -> None:
+    """A nack says "not now" (a full queue, a quorum queue electing a leader)."""
+    queue = await full_queue(broker_uri, "src")
+    host = ServiceHost(
+        [],
+        {"AMQP_URI": broker_uri, "RECONNECT_DELAY": 0.05, "RECONNECT_MAX_DELAY": 0.2},
+    )
+    with trio.fail_after(20):
+        async with host.dispatcher() as send:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, "src", "ping", {"n": 1})
+                await trio.sleep(1)  # nacked, and published again, a few times
+                [first] = await take_all(broker_uri, queue)  # room for one
+            [second] = await take_all(broker_uri, queue)
+    assert (first.body, second.body) == (b'{"n": 0}', b'{"n": 1}')
+
+
+async def test_a_dispatch_nacked_past_publish_timeout_raises_publish_not_confirmed(
+    memory_uri: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    await full_queue(memory_uri, "src")
+    host = ServiceHost([], {"AMQP_URI": memory_uri, "PUBLISH_TIMEOUT": 5})
+    async with host.dispatcher() as send:
+        start = trio.current_time()
+        with pytest.raises(PublishNotConfirmed, match=r"nacked.*refused \d+ times"):
+            await send("src", "ping", {"n": 1})
+    assert trio.current_time() - start == pytest.approx(5, abs=0.1)
+
+
+async def test_a_mandatory_dispatch_no_queue_takes_is_not_published_again(
+    memory_uri: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    host = ServiceHost([], {"AMQP_URI": memory_uri})
+    async with host.dispatcher() as send:
+        start = trio.current_time()
+        with pytest.raises(PublishNotConfirmed, match="returned"):
+            await send("nobody", "ping", {"n": 1}, mandatory=True)
+    assert trio.current_time() == start
 
 
 async def test_dispatches_queued_during_an_outage_are_all_published_once(

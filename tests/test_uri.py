@@ -11,6 +11,7 @@ import trioevents
 import trioevents.testing
 from trioevents import ConfigurationError, ServiceHost
 from trioevents._uri import (
+    broker_uri_text,
     masked_uri,
     parse_amqp_address,
     parse_broker_uri,
@@ -195,6 +196,21 @@ def test_a_bad_address_is_a_configuration_error_naming_it_masked(
     assert message in str(caught.value)
     assert "secret" not in str(caught.value)
     assert "u:****@" in str(caught.value)
+
+
+def test_a_bad_address_of_several_is_named_by_its_position() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_broker_uri("amqp://u:secret@r1/;amqp://u:secret@r2/?bad=1")
+    assert str(caught.value).startswith(
+        "AMQP_URI address 2 of 2: 'amqp://u:****@r2/?bad=1': unknown option 'bad'"
+    )
+
+
+def test_a_list_of_addresses_is_joined_into_kombu_s_form() -> None:
+    assert broker_uri_text(["amqp://r1/", " amqp://r2/ "]) == "amqp://r1/;amqp://r2/"
+    assert broker_uri_text("amqp://r1/;amqp://r2/") == "amqp://r1/;amqp://r2/"
+    with pytest.raises(ConfigurationError, match="address 2 of the list"):
+        broker_uri_text(["amqp://r1/", None])
 
 
 @pytest.mark.parametrize("password", ["se#cret", "se?cret"])

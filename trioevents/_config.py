@@ -31,7 +31,13 @@ config key                attribute                 default
 ``MAX_JSON_DEPTH``        ``max_json_depth``        ``100``
 ``QUEUE_TYPE``            ``queue_type``            ``"classic"`` (or ``"quorum"``)
 ``QUORUM_DELIVERY_LIMIT`` ``quorum_delivery_limit`` ``20`` redeliveries
+``FAILOVER_STRATEGY``     ``failover_strategy``     ``"round-robin"`` (or ``"shuffle"``)
 ========================  ========================  =======================================
+
+``AMQP_URI`` may name several RabbitMQ nodes, as kombu's failover form
+``amqp://u:p@rabbit1/;amqp://u:p@rabbit2/`` (what nameko config files hold) or
+as a YAML list of URIs, which is joined into that form; ``FAILOVER_STRATEGY``
+says in which order they are tried (see :ref:`failover`).
 
 nameko spells ``serializer`` and ``parent_calls_tracked`` in lower case;
 ``SERIALIZER`` and ``PARENT_CALLS_TRACKED`` are accepted too. Any other key is
@@ -55,7 +61,7 @@ import os
 import pathlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Final, final
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
@@ -68,17 +74,30 @@ from ._configfile import (
     yaml_layer,
 )
 from ._exceptions import ConfigurationError
-from ._uri import masked_uri, parse_broker_uri
+from ._uri import broker_uri_text, masked_uri, parse_broker_uri
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["Config", "LoadedConfig", "expand_env_vars", "is_secret_key", "masked_value"]
+__all__ = [
+    "FAILOVER_STRATEGIES",
+    "Config",
+    "FailoverStrategy",
+    "LoadedConfig",
+    "expand_env_vars",
+    "is_secret_key",
+    "masked_value",
+]
 
 logger = logging.getLogger("trioevents.config")
 
 _MIB = 1024 * 1024
 _AMQP_SHORT_MAX = 65535
+
+#: ``FAILOVER_STRATEGY``: the order in which the addresses of ``AMQP_URI`` are
+#: tried (kombu's names).
+FailoverStrategy = Literal["round-robin", "shuffle"]
+FAILOVER_STRATEGIES: Final[tuple[FailoverStrategy, ...]] = ("round-robin", "shuffle")
 
 # ------------------------------------------------------------------- secrets
 
@@ -214,10 +233,29 @@ def _seconds(*, optional: bool = False, positive: bool = False) -> Check:
 
 
 def _check_amqp_uri(value: Any) -> str | None:
+    if isinstance(value, list | tuple):
+        value = broker_uri_text(value)  # a ConfigurationError naming the item
     if not isinstance(value, str) or "://" not in value:
-        return "a broker URI such as memory:// or amqp://host/"
+        return "a broker URI such as memory:// or amqp://host/, or a list of them"
     parse_broker_uri(value)  # a ConfigurationError, the URI masked
     return None
+
+
+def _amqp_uri_text(value: Any) -> Any:
+    """A list of addresses becomes kombu's ``;``-separated form; a bad one is
+    left for the check to report."""
+    if isinstance(value, list | tuple):
+        try:
+            return broker_uri_text(value)
+        except ConfigurationError:
+            return value
+    return value
+
+
+def _check_failover_strategy(value: Any) -> str | None:
+    if value in FAILOVER_STRATEGIES:
+        return None
+    return " or ".join(repr(name) for name in FAILOVER_STRATEGIES)
 
 
 def _check_prefetch(value: Any) -> str | None:
@@ -345,7 +383,9 @@ class Config(Mapping[str, Any]):
     amqp_uri
         ``AMQP_URI``: the broker; ``memory://`` (or ``memory://NAME``) is the
         embedded broker; ``amqp://``, ``amqps://`` (and kombu's ``pyamqp://``
-        and ``librabbitmq://``) are RabbitMQ.
+        and ``librabbitmq://``) are RabbitMQ. Several RabbitMQ nodes are
+        separated by ``;`` (kombu's failover form), or given as a list, which is
+        joined into that form.
     max_workers
         ``max_workers``: how many handlers of one service run at once.
     prefetch_count
@@ -368,8 +408,9 @@ class Config(Mapping[str, Any]):
         ``PUBLISH_TIMEOUT``: seconds a dispatch waits for the broker's confirm;
         ``None`` waits for ever.
     connect_attempts
-        ``CONNECT_ATTEMPTS``: how many times ``serve()`` tries to connect before
-        it fails with :class:`~trioevents.BrokerUnavailable`. Once serving, a lost
+        ``CONNECT_ATTEMPTS``: how many times ``serve()`` tries to connect (each
+        time to every node of ``AMQP_URI`` in turn) before it fails with
+        :class:`~trioevents.BrokerUnavailable`. Once serving, a lost
         connection is retried for ever.
     reconnect_delay
         ``RECONNECT_DELAY``: seconds before the first reconnect; each failure
@@ -391,12 +432,19 @@ class Config(Mapping[str, Any]):
         ``QUORUM_DELIVERY_LIMIT``: how many times a quorum queue redelivers a
         message (``x-delivery-limit``) before it moves it to the dead-letter
         queue, whatever the handler's ``requeue_on_error``.
+    failover_strategy
+        ``FAILOVER_STRATEGY``: the order in which the nodes of ``AMQP_URI`` are
+        tried: ``"round-robin"`` (kombu's default: the first that answers, and
+        after a loss the ones after it) or ``"shuffle"`` (a random order each
+        round). See :ref:`failover`.
     extra
         Every other key, as given: application settings (nameko services keep
         theirs in the same file) and nameko keys trioevents does not use.
     """
 
-    amqp_uri: str = _field("memory://", _check_amqp_uri, repr=_masked_repr)
+    amqp_uri: str = _field(
+        "memory://", _check_amqp_uri, repr=_masked_repr, converter=_amqp_uri_text
+    )
     max_workers: int = _field(10, _int_at_least(1))
     prefetch_count: int | None = _field(None, _check_prefetch)
     heartbeat: float | None = _field(60, _check_heartbeat)
@@ -413,6 +461,9 @@ class Config(Mapping[str, Any]):
     max_json_depth: int = _field(100, _int_at_least(1))
     queue_type: str = _field("classic", _check_queue_type)
     quorum_delivery_limit: int = _field(20, _int_at_least(1))
+    failover_strategy: Literal["round-robin", "shuffle"] = _field(
+        "round-robin", _check_failover_strategy
+    )
     extra: Mapping[str, Any] = _mapping_field(dict)
 
     def __attrs_post_init__(self) -> None:
@@ -674,6 +725,7 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "max_json_depth": "MAX_JSON_DEPTH",
     "queue_type": "QUEUE_TYPE",
     "quorum_delivery_limit": "QUORUM_DELIVERY_LIMIT",
+    "failover_strategy": "FAILOVER_STRATEGY",
 }
 #: nameko key -> attribute: the keys a :class:`Config` mapping holds.
 _ATTRIBUTE_BY_KEY: dict[str, str] = {

@@ -56,7 +56,7 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
 
     ``memory://NAME`` is the embedded broker of that name; ``amqp://`` and
     ``amqps://`` are RabbitMQ (:class:`~trioevents.amqp.AmqpTransport`), with
-    ``HEARTBEAT`` and ``AMQP_SSL`` taken from *config*.
+    ``HEARTBEAT``, ``AMQP_SSL`` and ``FAILOVER_STRATEGY`` taken from *config*.
 
     Parameters
     ----------
@@ -80,6 +80,7 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
         heartbeat=config.heartbeat,
         ssl_options=config.amqp_ssl,
         max_message_size=config.max_message_size,
+        failover_strategy=config.failover_strategy,
     )
 
 

@@ -16,6 +16,15 @@ connection: at-least-once, and a dispatch never returns before its message was
 confirmed. A caller that stops waiting (cancelled, or past ``PUBLISH_TIMEOUT``)
 abandons its request if it was not sent yet; a request already on the wire is
 seen through.
+
+A message the broker nacks is published again, after a delay that starts at
+``RECONNECT_DELAY`` and doubles up to ``RECONNECT_MAX_DELAY``, until it is
+confirmed or ``PUBLISH_TIMEOUT`` is over: RabbitMQ nacks what it cannot take
+*for now*, such as a publish to a quorum queue whose leader's node just died
+(the cluster elects another within seconds), or to a full queue with
+``x-overflow=reject-publish``. A ``mandatory`` message is not published again:
+its refusal may be a ``basic.return`` (no queue took it), which waiting does not
+mend.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from ._exceptions import (
     BrokerUnavailable,
     ConfigurationError,
     ConnectionLost,
+    PublishNotConfirmed,
     TransportError,
 )
 from ._message import ExchangeType, Properties
@@ -59,6 +69,8 @@ __all__ = [
 _PUBLISHERS: Final = 32
 #: Requests queued for the publishing tasks before callers wait to queue more.
 _QUEUED: Final = 1024
+#: The shortest wait before a nacked message is published again (seconds).
+_MIN_NACK_DELAY: Final = 0.05
 
 #: Options a dispatch accepts, with the type each must have.
 PUBLISH_OPTIONS: Final[Mapping[str, type | tuple[type, ...]]] = {
@@ -147,7 +159,8 @@ class Publisher:
     Parameters
     ----------
     config
-        ``PUBLISH_TIMEOUT`` bounds every wait for a confirm.
+        ``PUBLISH_TIMEOUT`` bounds every wait for a confirm; ``RECONNECT_DELAY``
+        and ``RECONNECT_MAX_DELAY`` space the publishes of a nacked message.
     codec
         Encodes payloads of :meth:`dispatch`.
     observers
@@ -162,6 +175,8 @@ class Publisher:
         observers: Sequence[Observer] = (),
     ) -> None:
         self._timeout = config.publish_timeout
+        self._nack_delay = max(config.reconnect_delay, _MIN_NACK_DELAY)
+        self._nack_max_delay = max(config.reconnect_max_delay, self._nack_delay)
         self._codec = codec
         self._observers = observers
         self._send, self._receive = trio.open_memory_channel[_Request](_QUEUED)
@@ -218,8 +233,12 @@ class Publisher:
             The payload cannot be encoded.
         BrokerUnavailable
             No confirm came within ``PUBLISH_TIMEOUT``.
+        PublishNotConfirmed
+            The broker still nacked the message when ``PUBLISH_TIMEOUT`` was
+            over (a nack is published again until then), or did not route a
+            ``mandatory`` one.
         TransportError
-            The broker refused the message (e.g. :class:`PublishNotConfirmed`).
+            The broker refused the message otherwise.
         trio.ClosedResourceError
             The publisher was closed (the host stopped serving).
         """
@@ -281,6 +300,39 @@ class Publisher:
             raise trio.ClosedResourceError("the publisher is closed")
         timeout = self._timeout if self._timeout is not None else math.inf
         deadline = trio.current_time() + timeout
+        nacks = 0
+        while True:
+            try:
+                await self._publish_once(
+                    exchange, routing_key, body, properties,
+                    mandatory=mandatory, declare=declare, deadline=deadline,
+                )  # fmt: skip
+                return
+            except PublishNotConfirmed as exc:
+                if mandatory:  # maybe returned: no queue took it
+                    raise
+                nacks += 1
+                delay = min(self._nack_delay * 2 ** (nacks - 1), self._nack_max_delay)
+                with trio.move_on_at(deadline) as scope:
+                    await trio.sleep(delay)
+                if scope.cancelled_caught:
+                    raise PublishNotConfirmed(
+                        f"{exc}; refused {nacks} times within PUBLISH_TIMEOUT "
+                        f"({self._timeout} s)"
+                    ) from exc
+
+    async def _publish_once(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool,
+        declare: bool,
+        deadline: float,
+    ) -> None:
+        """Publish a message once and wait for its confirm, until *deadline*."""
         connection = self._connection
         if connection is not None and not self._backlog():
             # The fast path: the caller publishes on the connection itself (a

@@ -5,7 +5,8 @@ An ``AMQP_URI`` names the broker:
 * ``memory://`` or ``memory://NAME``: the embedded broker of that name;
 * ``amqp://user:password@host:port/vhost?option=value`` (``amqps://`` for TLS),
   as nameko and kombu write it; several such addresses separated by ``;`` are
-  kombu's failover form (``amqp://rabbit1//;amqp://rabbit2//``). kombu's
+  kombu's failover form (``amqp://rabbit1//;amqp://rabbit2//``), also given
+  as a YAML or Python list of URIs (:func:`broker_uri_text` joins it). kombu's
   transport names ``pyamqp://`` (nameko's default broker,
   ``pyamqp://guest:guest@localhost``) and ``librabbitmq://`` mean ``amqp://``.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any, Final, Literal, final
 
 import attrs
@@ -27,6 +29,7 @@ from ._exceptions import ConfigurationError
 __all__ = [
     "AmqpAddress",
     "BrokerUri",
+    "broker_uri_text",
     "masked_uri",
     "parse_amqp_address",
     "parse_broker_uri",
@@ -193,6 +196,36 @@ def _unsupported(uri: str) -> ConfigurationError:
     )
 
 
+def broker_uri_text(uri: object) -> str:
+    """Return an ``AMQP_URI`` as text: a list of addresses joined by ``;``.
+
+    A YAML or Python list of URIs (``[amqp://u:p@rabbit1/, amqp://u:p@rabbit2/]``)
+    becomes kombu's failover form, ``amqp://u:p@rabbit1/;amqp://u:p@rabbit2/``,
+    which nameko config files already hold; a str is returned as it is.
+
+    Raises
+    ------
+    ConfigurationError
+        Neither a str nor a non-empty list, or an item that is not a str
+        (named by its position, never shown).
+    """
+    if isinstance(uri, str):
+        return uri
+    if not isinstance(uri, Sequence) or not uri:
+        raise ConfigurationError(
+            "AMQP_URI must be a URI such as amqp://host/ or a non-empty list of "
+            f"them, not {type(uri).__name__}"
+            + (" (empty)" if isinstance(uri, Sequence) else "")
+        )
+    for position, item in enumerate(uri, 1):
+        if not isinstance(item, str):
+            raise ConfigurationError(
+                f"AMQP_URI: address {position} of the list must be a str such as "
+                f"amqp://host/, not {type(item).__name__}"
+            )
+    return ";".join(item.strip() for item in uri)
+
+
 def parse_broker_uri(uri: object) -> BrokerUri:
     """Parse an ``AMQP_URI``: ``memory://[NAME]`` or ``;``-separated AMQP URIs.
 
@@ -219,12 +252,20 @@ def parse_broker_uri(uri: object) -> BrokerUri:
         return BrokerUri(uri, MEMORY, memory_name=name)
     if not all(parts):
         raise ConfigurationError(f"AMQP_URI {masked_uri(uri)!r} has an empty address")
-    for part in parts:
-        if _scheme_of(part) not in _AMQP_SCHEMES:
-            raise _unsupported(part)
-    return BrokerUri(
-        uri, "amqp", addresses=tuple(parse_amqp_address(part) for part in parts)
-    )
+    addresses: list[AmqpAddress] = []
+    for position, part in enumerate(parts, 1):
+        try:
+            if _scheme_of(part) not in _AMQP_SCHEMES:
+                raise _unsupported(part)
+            addresses.append(parse_amqp_address(part))
+        except ConfigurationError as exc:
+            if len(parts) == 1:
+                raise
+            raise ConfigurationError(
+                f"AMQP_URI address {position} of {len(parts)}: "
+                + str(exc).removeprefix("AMQP_URI ")
+            ) from None
+    return BrokerUri(uri, "amqp", addresses=tuple(addresses))
 
 
 def parse_amqp_address(uri: str) -> AmqpAddress:

@@ -537,6 +537,9 @@ def _show_config(args: argparse.Namespace, loaded: LoadedConfig) -> int:
         header += " (other keys: defaults)" if defaults else ""
     _write(f"# effective configuration {header}; secrets masked")
     for key, value in loaded.config.to_mapping(mask_secrets=True).items():
+        if key == "AMQP_URI" and ";" in value:
+            # The nodes of a cluster, one per line, in the order they are tried.
+            value = [address.strip() for address in value.split(";")]
         text = yaml.safe_dump(
             {key: value},
             sort_keys=False,

@@ -128,9 +128,8 @@ class FakeBroker:
             (channel, pamqp_body.ContentBody(body)),
         )
 
-    async def handshake(
-        self, *, heartbeat: int = 0, frame_max: int = 131072, channel_max: int = 2047
-    ) -> None:
+    async def _start(self) -> None:
+        """Take the protocol header, send ``Connection.Start``, take the answer."""
         header = bytes(self.buffer[:8])
         while len(self.buffer) < 8:
             await self._read()
@@ -148,6 +147,28 @@ class FakeBroker:
             )
         )
         self.start_ok = await self.expect(commands.Connection.StartOk, 0)
+
+    async def refuse_login(self) -> None:
+        """Refuse the client's login as RabbitMQ does (403), and hang up."""
+        await self._start()
+        await self.send(
+            (
+                0,
+                commands.Connection.Close(
+                    403,
+                    "ACCESS_REFUSED - Login was refused using authentication "
+                    "mechanism PLAIN",
+                    0,
+                    0,
+                ),
+            )
+        )
+        await self.stream.aclose()
+
+    async def handshake(
+        self, *, heartbeat: int = 0, frame_max: int = 131072, channel_max: int = 2047
+    ) -> None:
+        await self._start()
         await self.send(
             (0, commands.Connection.Tune(channel_max, frame_max, heartbeat))
         )

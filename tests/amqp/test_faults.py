@@ -30,270 +30,48 @@ counts and events, never sleep to synchronize.
 
 from __future__ import annotations
 
-import collections
 import logging
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.parse
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import pytest
 import trio
 
 from trioevents import (
-    BrokerUnavailable,
     EventDispatcher,
-    ServiceHost,
     event_handler,
 )
 
+from ..support.counting import (
+    DEADLINE,
+    SOURCE,
+    Report,
+    Sink,
+    Tally,
+    check,
+    counting_host as make_host,
+    counting_service,
+    dispatch_all,
+    round_trip,
+    send_all,
+    settle_and_report,
+)
 from ..support.recording import LogWatch, watch_log
 from ..support.tcpproxy import TcpProxy, open_tcp_proxy, upstream_port, via
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterator
 
     from trioevents.testing import RabbitAdmin
 
 pytestmark = pytest.mark.rabbitmq
 
-SOURCE = "faults"
-#: The handler's max_workers, so also its prefetch count.
-PREFETCH = 10
-#: Concurrent dispatching tasks.
-CONCURRENCY = 32
-#: Generous: the broker shares two cores with the tests (and other test runs).
-DEADLINE = 120
 #: What the host logs when it loses its connection (or fails to reconnect).
 LOST = "connection lost"
-
-
-# --------------------------------------------------------------------------- counting
-
-
-class Sink:
-    """Counts what a handler saw: each (id, attempt); lets a test wait for ids.
-
-    Handlers wait for :attr:`gate` before they return (open unless a test
-    closes it).
-    """
-
-    def __init__(self) -> None:
-        self.seen: collections.Counter[tuple[int, int]] = collections.Counter()
-        self.ids: set[int] = set()
-        self.gate = trio.Event()
-        self.gate.set()
-        self._changed = trio.Event()
-
-    def record(self, payload: dict[str, Any]) -> None:
-        key = (payload["id"], payload["attempt"])
-        self.seen[key] += 1
-        self.ids.add(key[0])
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_count(self, count: int) -> None:
-        """Wait until *count* distinct ids were handled."""
-        while len(self.ids) < count:
-            await self._changed.wait()
-
-    async def wait_handled(self, ids: Iterable[int]) -> None:
-        """Wait until each of *ids* was handled at least once."""
-        missing = set(ids)
-        while True:
-            missing -= self.ids
-            if not missing:
-                return
-            await self._changed.wait()
-
-
-def counting_service(sink: Sink, source: str = SOURCE, event: str = "ping") -> type:
-    """A SERVICE_POOL handler that records every event it handles in *sink*."""
-
-    class Counting:
-        name = "counting"
-
-        @event_handler(source, event)
-        async def handle(self, payload: dict[str, Any]) -> None:
-            sink.record(payload)
-            await sink.gate.wait()
-
-    return Counting
-
-
-@attrs.define(eq=False)
-class Tally:
-    """The dispatching side: which ids are confirmed, how many attempts it took."""
-
-    todo: deque[int] = attrs.Factory(deque)
-    total: int = 0
-    confirmed: set[int] = attrs.Factory(set)
-    attempts: collections.Counter[int] = attrs.Factory(collections.Counter)
-    #: Attempts that raised: the event was sent again as a new attempt.
-    unconfirmed: int = 0
-    errors: collections.Counter[str] = attrs.Factory(collections.Counter)
-    _changed: trio.Event = attrs.Factory(trio.Event)
-
-    @classmethod
-    def of(cls, ids: Iterable[int]) -> Tally:
-        tally = cls()
-        tally.add(ids)
-        return tally
-
-    def add(self, ids: Iterable[int]) -> None:
-        """Queue more events to dispatch."""
-        before = len(self.todo)
-        self.todo.extend(ids)
-        self.total += len(self.todo) - before
-
-    def next_attempt(self) -> dict[str, int]:
-        event_id = self.todo.popleft()
-        self.attempts[event_id] += 1
-        return {"id": event_id, "attempt": self.attempts[event_id]}
-
-    def confirm(self, payload: dict[str, int]) -> None:
-        self.confirmed.add(payload["id"])
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def retry(self, payload: dict[str, int], error: BaseException) -> None:
-        self.unconfirmed += 1
-        self.errors[type(error).__name__] += 1
-        self.todo.append(payload["id"])
-
-    async def wait_confirmed(self, count: int) -> None:
-        while len(self.confirmed) < count:
-            await self._changed.wait()
-
-
-async def _send(
-    dispatch: Callable[..., Any], tally: Tally, event: str, padding: str
-) -> None:
-    while tally.todo:
-        payload = tally.next_attempt()
-        try:
-            await dispatch(SOURCE, event, {**payload, "pad": padding})
-        except BrokerUnavailable as exc:  # no confirm within PUBLISH_TIMEOUT
-            tally.retry(payload, exc)
-            continue
-        except BaseException as exc:
-            tally.retry(payload, exc)
-            raise
-        tally.confirm(payload)
-
-
-async def dispatch_all(
-    host: ServiceHost,
-    tally: Tally,
-    *,
-    event: str = "ping",
-    concurrency: int = CONCURRENCY,
-    size: int = 0,
-) -> None:
-    """Dispatch until every id of *tally* is confirmed, through one dispatcher.
-
-    One long-lived ``host.dispatcher()`` for the whole run, as a web app keeps
-    one: it must survive every fault itself (a connection failure escaping
-    its block fails the test). A dispatch that raises (no confirm within
-    ``PUBLISH_TIMEOUT``) is not confirmed: its id is sent again later, as a new
-    attempt. Each event is padded with *size* bytes.
-    """
-    async with host.dispatcher() as dispatch:
-        await send_all(dispatch, tally, event=event, concurrency=concurrency, size=size)
-
-
-async def send_all(
-    dispatch: Callable[..., Any],
-    tally: Tally,
-    *,
-    event: str = "ping",
-    concurrency: int = CONCURRENCY,
-    size: int = 0,
-) -> None:
-    """Dispatch until every id of *tally* is confirmed, with *dispatch*."""
-    padding = "x" * size
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(_send, dispatch, tally, event, padding)
-
-
-async def round_trip(host: ServiceHost, sink: Sink, event_id: int) -> None:
-    """Dispatch one more event and wait until it is handled."""
-    await dispatch_all(host, Tally.of([event_id]), concurrency=1)
-    await sink.wait_handled([event_id])
-
-
-@attrs.frozen
-class Report:
-    """What happened to the events of a tally, as the sink saw them."""
-
-    sent: int
-    attempts: int
-    confirmed: int
-    unconfirmed: int
-    handled: int
-    duplicated: int
-    redelivered: int
-    republished: int
-    lost: int
-
-    @classmethod
-    def of(cls, tally: Tally, sink: Sink) -> Report:
-        ids = set(tally.attempts)
-        seen = {key: n for key, n in sink.seen.items() if key[0] in ids}
-        handled = sum(seen.values())
-        attempts_handled = collections.Counter(event_id for event_id, _ in seen)
-        return cls(
-            sent=tally.total,
-            attempts=tally.attempts.total(),
-            confirmed=len(tally.confirmed),
-            unconfirmed=tally.unconfirmed,
-            handled=handled,
-            duplicated=handled - len(attempts_handled),
-            redelivered=sum(n - 1 for n in seen.values()),
-            republished=sum(n - 1 for n in attempts_handled.values()),
-            lost=len(tally.confirmed - sink.ids),
-        )
-
-    def line(self, name: str, **extra: Any) -> str:
-        fields = {**attrs.asdict(self), **extra}
-        return f"[faults] {name}: " + " ".join(f"{k}={v}" for k, v in fields.items())
-
-
-async def settle_and_report(
-    name: str,
-    tally: Tally,
-    sink: Sink,
-    capsys: pytest.CaptureFixture[str],
-    *,
-    start: float,
-    **extra: Any,
-) -> Report:
-    """Wait (bounded) until every confirmed event was handled; print the report.
-
-    *start* is when the test began (``trio.current_time()``), for the report.
-    Returns rather than fails on the bound, so that the report is printed first.
-    """
-    with trio.move_on_after(DEADLINE / 2):
-        await sink.wait_handled(tally.confirmed)
-    report = Report.of(tally, sink)
-    seconds = round(trio.current_time() - start, 1)
-    with capsys.disabled():
-        print()  # noqa: T201 - the report line belongs in the CI log
-        print(report.line(name, **extra, seconds=seconds))  # noqa: T201
-    return report
-
-
-def check(report: Report, *, losses: int, concurrency: int = CONCURRENCY) -> None:
-    """The invariants of the module docstring, for *losses* lost connections."""
-    assert report.lost == 0, report
-    assert report.confirmed == report.sent, report
-    assert report.redelivered <= (PREFETCH + concurrency) * losses, report
-    assert report.republished <= report.unconfirmed, report
 
 
 # --------------------------------------------------------------------------- helpers
@@ -304,19 +82,6 @@ def host_log() -> Iterator[LogWatch]:
     """What the host logs at INFO and above while the test runs."""
     with watch_log("trioevents.host", logging.INFO) as watch:
         yield watch
-
-
-def make_host(services: list[type], uri: str, **config: Any) -> ServiceHost:
-    return ServiceHost(
-        services,
-        {
-            "AMQP_URI": uri,
-            "max_workers": PREFETCH,
-            "RECONNECT_DELAY": 0.1,
-            "RECONNECT_MAX_DELAY": 1,
-            **config,
-        },
-    )
 
 
 # --------------------------------------------------------------------------- tests

@@ -76,6 +76,39 @@ async def test_nack_raises_publish_not_confirmed(
         assert acked == {"result": None}
 
 
+async def test_a_nack_renews_the_publish_channel_once_it_is_idle(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    """A channel nacking everything (RabbitMQ 3.10 after a quorum queue leader's
+    node died) is not published on again: the next publish opens a new one."""
+    with trio.fail_after(10):
+        await _renewed_after_nacks(nursery)
+
+
+async def _renewed_after_nacks(nursery: trio.Nursery) -> None:
+    async with connection(nursery) as (conn, broker):
+        first = await publish_task(nursery, conn, "x", b"0")
+        second = await publish_task(nursery, conn, "x", b"1")
+        channel = await broker.open_channel(confirms=True)
+        await broker.expect_message()
+        await broker.expect_message()
+        await broker.send((channel, commands.Basic.Nack(1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(first["error"], PublishNotConfirmed)
+        assert second == {}  # still in flight: the channel stays
+        await broker.send((channel, commands.Basic.Nack(2)))
+        await broker.expect(commands.Channel.Close, channel)
+        await broker.send((channel, commands.Channel.CloseOk()))
+        again = await publish_task(nursery, conn, "x", b"1")
+        # A Channel.Open (and Confirm.Select) again: a new channel, which may
+        # reuse the closed one's number.
+        renewed = await broker.open_channel(confirms=True)
+        await broker.expect_message()
+        await broker.send((renewed, commands.Basic.Ack(1)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert again == {"result": None}
+
+
 async def test_returned_mandatory_publish_is_not_confirmed(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

@@ -9,6 +9,11 @@ module             what it holds
 ``recording``      what handlers saw (:class:`~.recording.Recorder`), a gate
                    that holds them, the worker context as a dependency, the log
                    lines a test looks for
+``counting``       numbered events through faults: what was sent, confirmed,
+                   handled, duplicated, lost (the fault and cluster tests)
+``fake_nodes``     stand-ins for the nodes of a cluster, dialed instead of
+                   RabbitMQ (failover without a broker)
+``rabbit_cluster`` a throwaway 3-node RabbitMQ cluster beside the default broker
 ``detonator``      payloads that would run code if anything ever loaded them
 ``shop``           the little shop the testing kit's tests run (orders, billing)
 ``tcpproxy``       a TCP proxy that cuts, stalls, slows or orphans the link to

@@ -292,6 +292,17 @@ class AmqpConnection(abc.Connection):
     # -- public state
 
     @property
+    def peer(self) -> str:
+        """The broker this connection is to, fit for logs (no password).
+
+        Errors name it in quotes; this is it without them.
+        """
+        peer = self._peer
+        if len(peer) >= 2 and peer[0] == peer[-1] == "'":
+            return peer[1:-1]
+        return peer
+
+    @property
     def server_properties(self) -> Mapping[str, Any]:
         """What the broker said about itself (``product``, ``version``, ...)."""
         return self._server_properties

@@ -97,7 +97,8 @@ class Publishing:
     """The publish channel of a connection and the publishes in flight on it.
 
     The channel is opened (in confirm mode) by the first publish and again by
-    the first one after the broker closed it.
+    the first one after the broker closed it, or after a nack left it idle
+    (see :meth:`on_confirm`).
 
     Parameters
     ----------
@@ -298,6 +299,15 @@ class Publishing:
             # The broker took the publish on trial (a nack too): it is cleared.
             self._trial = None
             self._next_trial()
+        if nacked and not publishes and self._trial is None:
+            # A nack may stick to the channel: RabbitMQ 3.10 nacks every publish
+            # of a channel that first published to a quorum queue while the
+            # queue's record still named a leader whose node had just died
+            # (rabbitmq-server#9241). Once nothing is in flight on it, close it:
+            # the next publish opens a new channel, which looks the leader up
+            # again.
+            self._mux.close_channel(ch)
+            self._forget_channel()
 
     def on_return(self, event: Returned) -> None:
         """Note which publishes a ``Basic.Return`` may be about.

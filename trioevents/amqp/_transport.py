@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
+import attrs
+
 from .. import abc
-from .._exceptions import ConfigurationError
+from .._connecting import Failover
+from .._exceptions import (
+    AccessRefusedByBroker,
+    BrokerUnavailable,
+    ConfigurationError,
+)
 from .._uri import AmqpAddress, parse_broker_uri
 from ._connection import open_amqp_connection
 from ._dial import connect_stream
@@ -115,6 +123,20 @@ def _cert_reqs(value: object) -> ssl.VerifyMode:
 
 
 @final
+@attrs.frozen
+class _Node:
+    """How to connect to one address of the URI: its options over the defaults."""
+
+    address: AmqpAddress
+    heartbeat: float | None
+    frame_max: int
+    channel_max: int
+    connect_timeout: float
+    auth_mechanism: Literal["PLAIN", "EXTERNAL"]
+    ssl_context: ssl.SSLContext | None
+
+
+@final
 class AmqpTransport(abc.Transport):
     """The RabbitMQ transport: AMQP 0-9-1 connections from a URI.
 
@@ -126,10 +148,18 @@ class AmqpTransport(abc.Transport):
     ``auth_mechanism`` (``PLAIN`` or ``EXTERNAL``) and ``ssl`` override the
     keyword arguments.
 
+    Several addresses separated by ``;`` (kombu's failover form,
+    ``amqp://u:p@rabbit1/;amqp://u:p@rabbit2/``) are the nodes of a cluster,
+    each with its own login, virtual host and options. Each
+    :meth:`open_connection` is one round: it tries the nodes one after the
+    other, in the order *failover_strategy* gives (see :ref:`failover`), and
+    connects to the first that answers; the caller's backoff runs between
+    rounds.
+
     Parameters
     ----------
     uri
-        The broker's URI.
+        The broker's URI, or several separated by ``;``.
     heartbeat
         The heartbeat interval to ask for in seconds; ``0`` or ``None`` turns
         heartbeats off, whatever the broker proposes. A broker silent for twice the
@@ -141,7 +171,7 @@ class AmqpTransport(abc.Transport):
         unless the options say otherwise.
     connect_timeout
         How long the TCP connect, the TLS handshake and the AMQP handshake may
-        each take.
+        each take (per node).
     frame_max, channel_max
         Frame size and channel limits to ask for (the lower of ours and the
         broker's wins).
@@ -156,11 +186,15 @@ class AmqpTransport(abc.Transport):
         The largest message body read (``MAX_MESSAGE_SIZE``); a larger one is
         skipped as it arrives, never buffered, and delivered with an empty body
         and a :class:`~trioevents.Defect` saying so. ``None``: no limit.
+    failover_strategy
+        ``FAILOVER_STRATEGY``: ``"round-robin"`` (kombu's default) or
+        ``"shuffle"``; the order in which several addresses are tried.
 
     Raises
     ------
     ConfigurationError
-        The URI or the ssl options are invalid.
+        The URI (naming the bad address, password masked), the ssl options or
+        the failover strategy are invalid.
     """
 
     def __init__(
@@ -175,64 +209,90 @@ class AmqpTransport(abc.Transport):
         client_properties: Mapping[str, Any] | None = None,
         close_timeout: float = 5.0,
         max_message_size: int | None = None,
+        failover_strategy: Literal["round-robin", "shuffle"] = "round-robin",
     ) -> None:
         parsed = parse_broker_uri(uri)
         if parsed.is_memory:
             raise ConfigurationError(
                 f"{parsed.masked!r} is not an AMQP URI (amqp://... or amqps://...)"
             )
-        params = parsed.addresses[0]
-        self._params = params
         self._uri = parsed.masked
-        self._heartbeat = (
-            params.heartbeat if params.heartbeat is not None else heartbeat
-        )
-        self._frame_max = params.frame_max or frame_max
-        self._channel_max = (
-            params.channel_max if params.channel_max is not None else channel_max
-        )
-        self._connect_timeout = params.connect_timeout or connect_timeout
-        self._auth_mechanism: Literal["PLAIN", "EXTERNAL"] = (
-            params.auth_mechanism or "PLAIN"
-        )
+        self._failover = Failover(len(parsed.addresses), failover_strategy)
         self._client_properties = dict(client_properties or {})
         self._close_timeout = close_timeout
         self._max_message_size = max_message_size
-        tls = params.tls or (ssl_options is not None and ssl_options is not False)
-        self._ssl_context = make_ssl_context(ssl_options) if tls else None
         self._server_hostname = None
         if isinstance(ssl_options, Mapping):
             self._server_hostname = ssl_options.get("server_hostname")
+        tls_asked = ssl_options is not None and ssl_options is not False
+        ssl_context = None
+        if tls_asked or any(address.tls for address in parsed.addresses):
+            ssl_context = make_ssl_context(ssl_options)
+        self._nodes = tuple(
+            _Node(
+                address,
+                heartbeat=(
+                    address.heartbeat if address.heartbeat is not None else heartbeat
+                ),
+                frame_max=address.frame_max or frame_max,
+                channel_max=(
+                    address.channel_max
+                    if address.channel_max is not None
+                    else channel_max
+                ),
+                connect_timeout=address.connect_timeout or connect_timeout,
+                auth_mechanism=address.auth_mechanism or "PLAIN",
+                ssl_context=ssl_context if address.tls or tls_asked else None,
+            )
+            for address in parsed.addresses
+        )
 
     def __repr__(self) -> str:
         return f"AmqpTransport({self._uri!r})"
 
     @property
     def parameters(self) -> AmqpAddress:
-        """What the URI says (the password is left out of its repr)."""
-        return self._params
+        """What the URI says of its first address (the password is left out of
+        its repr)."""
+        return self._nodes[0].address
+
+    @property
+    def addresses(self) -> tuple[AmqpAddress, ...]:
+        """Every address of the URI, in the order given."""
+        return tuple(node.address for node in self._nodes)
+
+    @property
+    def failover_strategy(self) -> Literal["round-robin", "shuffle"]:
+        """The order in which the addresses are tried (``FAILOVER_STRATEGY``)."""
+        return self._failover.strategy
 
     @property
     def heartbeat(self) -> float | None:
-        """The heartbeat interval asked for, in seconds (``0`` or ``None``: off)."""
-        return self._heartbeat
+        """The heartbeat interval asked for, in seconds (``0`` or ``None``: off),
+        of the first address."""
+        return self._nodes[0].heartbeat
 
     @property
     def tls(self) -> bool:
-        """Whether connections use TLS (``amqps://`` or *ssl_options*)."""
-        return self._ssl_context is not None
+        """Whether connections use TLS (``amqps://`` or *ssl_options*), to every
+        address."""
+        return all(node.ssl_context is not None for node in self._nodes)
 
     @property
     def uri(self) -> str:
-        """The URI with its password masked, fit for logs."""
+        """The URI with every password masked, fit for logs."""
         return self._uri
 
     def open_connection(self) -> AbstractAsyncContextManager[AmqpConnection]:
         """Open a connection; see :meth:`trioevents.abc.Transport.open_connection`.
 
-        The connection is closed with a close handshake when the ``async with``
+        With several addresses, the first of this round's order that answers
+        (a refused login counts as not answering: the next node is tried);
+        the connection's :attr:`~AmqpConnection.peer` names that node. The
+        connection is closed with a close handshake when the ``async with``
         ends, and raises :class:`~trioevents.ConnectionLost` out of it if it was
-        lost while the body ran (the body is cancelled then).
+        lost while the body ran (the body is cancelled then; the next round
+        tries that node last).
 
         Raises
         ------
@@ -240,9 +300,9 @@ class AmqpTransport(abc.Transport):
             The broker refused the login or the virtual host; the message says
             what to fix.
         BrokerUnavailable
-            The broker cannot be reached or the TLS handshake failed. The
-            message names the URI with its password masked and says why (e.g.
-            ``Connection refused``).
+            No address answered: the broker cannot be reached or the TLS
+            handshake failed. The message names each address with its password
+            masked and says why (e.g. ``Connection refused``).
         ConnectionLost
             The connection was lost while the body ran.
         """
@@ -250,27 +310,67 @@ class AmqpTransport(abc.Transport):
 
     @asynccontextmanager
     async def _open_connection(self) -> AsyncIterator[AmqpConnection]:
-        params = self._params
-        peer = repr(self._uri)
+        index: int | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                index, connection = await self._connect_first(stack)
+                yield connection
+        except BaseException:
+            if index is not None:
+                self._failover.failed(index)
+            raise
+
+    async def _connect_first(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[int, AmqpConnection]:
+        """Connect to the first node of this round that answers (in *stack*)."""
+        errors: list[BrokerUnavailable] = []
+        for index in self._failover.order():
+            try:
+                connection = await stack.enter_async_context(
+                    self._connect(self._nodes[index])
+                )
+            except BrokerUnavailable as exc:
+                errors.append(exc)
+                continue
+            self._failover.connected(index)
+            return index, connection
+        if len(errors) == 1:
+            raise errors[0]
+        reasons = "; ".join(str(error) for error in errors)
+        message = f"no node of {self._uri} answered ({len(errors)} tried): {reasons}"
+        last = errors[-1]
+        if all(isinstance(error, AccessRefusedByBroker) for error in errors):
+            # Every node refused the login or the vhost: no retry can help.
+            assert isinstance(last, AccessRefusedByBroker)
+            raise AccessRefusedByBroker(
+                message, last.reply_code, last.reply_text
+            ) from last
+        raise BrokerUnavailable(message) from last
+
+    @asynccontextmanager
+    async def _connect(self, node: _Node) -> AsyncIterator[AmqpConnection]:
+        address = node.address
+        peer = repr(address.masked)
         stream = await connect_stream(
-            params.host,
-            params.port,
-            ssl_context=self._ssl_context,
+            address.host,
+            address.port,
+            ssl_context=node.ssl_context,
             server_hostname=self._server_hostname,
-            connect_timeout=self._connect_timeout,
+            connect_timeout=node.connect_timeout,
             peer=peer,
         )
         async with open_amqp_connection(
             stream,
-            username=params.username,
-            password=params.password,
-            virtual_host=params.virtual_host,
-            auth_mechanism=self._auth_mechanism,
-            heartbeat=self._heartbeat,
-            frame_max=self._frame_max,
-            channel_max=self._channel_max,
+            username=address.username,
+            password=address.password,
+            virtual_host=address.virtual_host,
+            auth_mechanism=node.auth_mechanism,
+            heartbeat=node.heartbeat,
+            frame_max=node.frame_max,
+            channel_max=node.channel_max,
             client_properties=self._client_properties,
-            handshake_timeout=self._connect_timeout,
+            handshake_timeout=node.connect_timeout,
             close_timeout=self._close_timeout,
             max_body_size=self._max_message_size,
             peer=peer,
