@@ -246,7 +246,18 @@ class Publisher:
         if extra:
             headers = {**(headers or {}), **extra}
         if not self._observers:
-            await self._send_event(exchange, event_type, event_data, options, headers)
+            body, content_type, content_encoding = self._codec.encode(event_data)
+            properties, mandatory = build_properties(
+                content_type, content_encoding, headers, options
+            )
+            await self.publish(
+                exchange,
+                event_type,
+                body,
+                properties,
+                mandatory=mandatory,
+                declare=True,
+            )
             return
         event = DispatchedEvent(
             service,
@@ -300,6 +311,26 @@ class Publisher:
             raise trio.ClosedResourceError("the publisher is closed")
         timeout = self._timeout if self._timeout is not None else math.inf
         deadline = trio.current_time() + timeout
+        connection = self._connection
+        if (
+            connection is not None
+            and not self._backlog()
+            and (not declare or exchange in self._declared)
+        ):
+            # The common case, inline (see _publish_once): a live connection,
+            # nothing queued ahead, the exchange declared on it already.
+            with trio.move_on_at(deadline):
+                try:
+                    await connection.publish(
+                        exchange, routing_key, body, properties, mandatory=mandatory
+                    )
+                    return
+                except LOST:
+                    pass  # maybe published, not confirmed: publish it again
+                except PublishNotConfirmed:
+                    if mandatory:
+                        raise
+                    # nacked: the loop below publishes it again
         nacks = 0
         while True:
             try:
