@@ -24,7 +24,8 @@ import attrs
 import pytest
 import trio
 
-from trioevents import Backoff, EventHandler
+from trioevents import Backoff, Config, HandlerType, QueueType, event_handler
+from trioevents._events._topology import handler_queue
 
 from ..support.brokers import connect, dead_letters
 from ..support.counting import (
@@ -52,34 +53,28 @@ pytestmark = pytest.mark.rabbitmq_cluster
 
 #: Tasks dispatching at once, through one dispatcher.
 DISPATCHERS = 10
-#: The arguments that make a queue a quorum queue.
-QUORUM = {"x-queue-type": "quorum"}
+#: Every host of these tests keeps its reliable handlers on quorum queues.
+QUORUM = {"QUEUE_TYPE": "quorum"}
 #: What the host logs when it reconnected and consumes again.
 RESUMED = "resumed counting"
 #: The host lost a connection (or could not make one).
-LOST = "connection lost to"
+LOST = "connection lost"
 #: The header of a dead letter that says how many times the handler was tried.
 ATTEMPTS = "x-trioevents-attempts"
 
 
-class QuorumEventHandler(EventHandler):
-    """An event handler consuming a quorum queue.
-
-    Quorum queues are being added to trioevents on another branch
-    (``QUEUE_TYPE: quorum`` in the config, ``event_handler(...,
-    queue_type="quorum")``); until then the test declares its handler's queue
-    as quorum itself, here. Once that lands, use ``counting_service(sink,
-    source)`` with ``QUEUE_TYPE: quorum`` in :func:`make_host` instead.
-    """
-
-    @property
-    def queue(self) -> QueueSpec:
-        spec = super().queue
-        return attrs.evolve(spec, arguments={**spec.arguments, **QUORUM})
-
-
-def quorum_counting_service(sink: Sink, source: str) -> type:
-    return counting_service(sink, source, handler=QuorumEventHandler.decorator)
+def quorum_queue_of(source: str) -> QueueSpec:
+    """The queue :func:`counting_service`'s handler declares with ``QUORUM``."""
+    return handler_queue(
+        source,
+        "ping",
+        HandlerType.SERVICE_POOL,
+        "counting",
+        "handle",
+        reliable_delivery=True,
+        queue_type=QueueType.QUORUM,
+        delivery_limit=Config().quorum_delivery_limit,
+    )
 
 
 def queue_of(source: str) -> str:
@@ -161,13 +156,13 @@ async def test_retries_end_in_the_dead_letter_queue_on_the_cluster(
     class Failing:
         name = "failing"
 
-        @QuorumEventHandler.decorator(source, "ping", retry=Backoff(0.05, 0.1))
+        @event_handler(source, "ping", retry=Backoff(0.05, 0.1))
         async def handle(self, payload: dict[str, Any]) -> None:
             attempts.append(payload["id"])
             raise RuntimeError("always")
 
     uri = cluster.uri(virtual_host=cluster_vhost)
-    host = make_host([Failing], uri)
+    host = make_host([Failing], uri, **QUORUM)
     start = trio.current_time()
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
@@ -176,7 +171,10 @@ async def test_retries_end_in_the_dead_letter_queue_on_the_cluster(
                 for n in range(count):
                     await dispatch(source, "ping", {"id": n})
             letters = await dead_letters(
-                uri, "evt-cluster_dlq-ping--failing.handle", count
+                uri,
+                "evt-cluster_dlq-ping--failing.handle",
+                count,
+                queue_type=QueueType.QUORUM,
             )
             await host.stop()
     tries = [(letter.properties.headers or {}).get(ATTEMPTS) for letter in letters]
@@ -210,9 +208,9 @@ async def test_the_host_fails_over_when_its_node_stops(
     stream = Stream.of(source, count)
     t1, t2, t3 = cluster.nodes
     async with connect(t1.uri(cluster_vhost)) as connection:
-        await connection.declare_queue(queue_of(source), durable=True, arguments=QUORUM)
+        await quorum_queue_of(source).declare(connection)  # as the host will
     uri = cluster.uri([t2, t3, t1], cluster_vhost)
-    host = make_host([quorum_counting_service(stream.sink, source)], uri)
+    host = make_host([counting_service(stream.sink, source)], uri, **QUORUM)
     start = trio.current_time()
 
     async def restart_t2() -> None:
@@ -269,10 +267,10 @@ async def test_killing_the_quorum_leader_loses_no_confirmed_event(
     count, source = 5_000, "cluster_kill"
     stream = Stream.of(source, count)
     tally, sink = stream.tally, stream.sink
-    service = quorum_counting_service(sink, source)
+    service = counting_service(sink, source)
     t1, t2, t3 = cluster.nodes
-    first = make_host([service], cluster.uri([t1, t2, t3], cluster_vhost))
-    second = make_host([service], cluster.uri([t2, t3, t1], cluster_vhost))
+    first = make_host([service], cluster.uri([t1, t2, t3], cluster_vhost), **QUORUM)
+    second = make_host([service], cluster.uri([t2, t3, t1], cluster_vhost), **QUORUM)
     start = trio.current_time()
     killed: list[Node] = []
     resume_s = -1.0
