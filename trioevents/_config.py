@@ -29,6 +29,8 @@ config key                attribute                 default
 ``LOGGING``               ``logging_config``        ``None``
 ``MAX_MESSAGE_SIZE``      ``max_message_size``      16 MiB
 ``MAX_JSON_DEPTH``        ``max_json_depth``        ``100``
+``HTTP_ADDRESS``          ``http_address``          ``None`` (no operator HTTP endpoint)
+``CONNECTION_NAME``       ``connection_name``       ``None`` (``trioevents:<services>@<host>:<pid>``)
 ========================  ========================  =======================================
 
 nameko spells ``serializer`` and ``parent_calls_tracked`` in lower case;
@@ -66,6 +68,7 @@ from ._configfile import (
     yaml_layer,
 )
 from ._exceptions import ConfigurationError
+from ._http import parse_http_address
 from ._uri import masked_uri, parse_broker_uri
 
 if TYPE_CHECKING:
@@ -251,6 +254,21 @@ def _check_logging(value: Any) -> str | None:
     return "null or a logging.config.dictConfig mapping (version: 1)"
 
 
+def _check_http_address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parse_http_address(value)  # a ConfigurationError saying what is wrong
+        return None
+    return 'null or "[HOST]:PORT", such as ":9100" or "127.0.0.1:9100"'
+
+
+def _check_connection_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None
+    return "null or a non-empty string"
+
+
 def _is_str_mapping(value: object) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
 
@@ -374,6 +392,15 @@ class Config(Mapping[str, Any]):
         ``MAX_MESSAGE_SIZE``: the largest body sent or accepted, in bytes.
     max_json_depth
         ``MAX_JSON_DEPTH``: how deeply JSON arrays and objects may nest.
+    http_address
+        ``HTTP_ADDRESS``: where the host serves ``/healthz``, ``/readyz`` and
+        ``/metrics`` for operators, ``"[HOST]:PORT"`` (``":9100"`` listens on
+        every interface, ``"127.0.0.1:9100"`` on one); ``None`` serves nothing.
+        Needs the ``http`` extra (see :doc:`operating`).
+    connection_name
+        ``CONNECTION_NAME``: the name RabbitMQ shows for the host's connections
+        (the ``connection_name`` client property); ``None`` names them
+        ``trioevents:<services>@<hostname>:<pid>``.
     extra
         Every other key, as given: application settings (nameko services keep
         theirs in the same file) and nameko keys trioevents does not use.
@@ -394,6 +421,8 @@ class Config(Mapping[str, Any]):
     logging_config: Mapping[str, Any] | None = _mapping_field(None, _check_logging)
     max_message_size: int = _field(16 * _MIB, _int_at_least(1))
     max_json_depth: int = _field(100, _int_at_least(1))
+    http_address: str | None = _field(None, _check_http_address)
+    connection_name: str | None = _field(None, _check_connection_name)
     extra: Mapping[str, Any] = _mapping_field(dict)
 
     def __attrs_post_init__(self) -> None:
@@ -653,6 +682,8 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "logging_config": "LOGGING",
     "max_message_size": "MAX_MESSAGE_SIZE",
     "max_json_depth": "MAX_JSON_DEPTH",
+    "http_address": "HTTP_ADDRESS",
+    "connection_name": "CONNECTION_NAME",
 }
 #: nameko key -> attribute: the keys a :class:`Config` mapping holds.
 _ATTRIBUTE_BY_KEY: dict[str, str] = {
@@ -665,7 +696,9 @@ _KEY_TO_ATTRIBUTE: dict[str, str] = {
     "PARENT_CALLS_TRACKED": "parent_calls_tracked",
 }
 #: Keys whose value an environment variable gives as it is, never read as YAML.
-_TEXT_KEYS: Final = frozenset({"AMQP_URI", "serializer"})
+_TEXT_KEYS: Final = frozenset(
+    {"AMQP_URI", "serializer", "HTTP_ADDRESS", "CONNECTION_NAME"}
+)
 # Keys nameko (2.x) reads that trioevents has no use for.
 _NAMEKO_UNUSED_KEYS = frozenset(
     {
