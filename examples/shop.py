@@ -97,7 +97,7 @@ class Orders:
 
     @event_handler("web", "checkout")
     async def on_checkout(self, payload: dict[str, Any]) -> OrderPlaced:
-        total = sum(decimal.Decimal(p) for p in payload["prices"])
+        total = sum((decimal.Decimal(p) for p in payload["prices"]), decimal.Decimal(0))
         order = OrderPlaced(id=payload["id"], customer=payload["customer"], total=total)
         await self.dispatch("order_placed", order)
         say.info(
