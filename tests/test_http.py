@@ -188,6 +188,6 @@ async def test_an_address_in_use_fails_serve_with_a_config_error(
         taken.listen()
         port = taken.getsockname()[1]
         host = host_factory.make(Relay, {"HTTP_ADDRESS": f"127.0.0.1:{port}"})
-        with pytest.raises(ConfigurationError, match="HTTP_ADDRESS.*cannot listen"):
+        with pytest.raises(ConfigurationError, match=r"HTTP_ADDRESS.*cannot listen"):
             await host_factory.start(host)
     assert host.state is HostState.STOPPED
