@@ -1,0 +1,92 @@
+"""Every host logs each dispatched and each handled event at DEBUG."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from trioevents import EventDispatcher, event_handler
+
+from .support.recording import Settled
+
+if TYPE_CHECKING:
+    import pytest
+
+    from trioevents.testing import HostFactory
+
+LOGGER = "trioevents.messages"
+
+
+class Relay:
+    name = "relay"
+    dispatch = EventDispatcher()
+
+    @event_handler("web", "in")
+    async def relay(self, payload: Any) -> None:
+        await self.dispatch("out", payload)
+
+
+class Sink:
+    name = "sink"
+
+    @event_handler("relay", "out")
+    async def take(self, payload: Any) -> None:
+        if payload.get("fail"):
+            raise ValueError("no")
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+async def test_each_event_is_one_debug_line(
+    host_factory: HostFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    host = host_factory.make([Relay, Sink])
+    settled = Settled()
+    host.add_observer(settled)
+    await host_factory.start(host)
+    async with host.dispatcher() as dispatch:
+        await dispatch("web", "in", {"fail": True}, message_id="m-1")
+    await settled.wait_for(2)
+
+    call = r"(relay\.relay|sink\.take)\.[0-9a-f-]{36}"
+    ms = r"\d+\.\d ms"
+    expected = [
+        rf"dispatched web\.in from a standalone dispatcher: confirmed in {ms} "
+        r"\(message_id=m-1, call_id=None\)",
+        rf"dispatched relay\.out from relay: confirmed in {ms} "
+        rf"\(message_id=None, call_id={call}\)",
+        rf"handled relay\.out by sink\.take: ack in {ms} \(message_id=None, "
+        rf"call_id={call}, attempt=1, error=ValueError\('no'\)\)",
+        rf"handled web\.in by relay\.relay: ack in {ms} "
+        rf"\(message_id=m-1, call_id={call}, attempt=1\)",
+    ]
+    logged = lines(caplog)
+    assert len(logged) == len(expected), logged
+    for pattern in expected:
+        assert any(re.fullmatch(pattern, line) for line in logged), (pattern, logged)
+    # The relay's dispatch was made by the worker handling web.in.
+    (handled_in,) = [line for line in logged if line.startswith("handled web.in")]
+    relay_call = re.search(r"call_id=(relay\.relay\.\S+),", handled_in)
+    assert relay_call is not None
+    assert any(
+        line.startswith("dispatched relay.out") and relay_call[1] in line
+        for line in logged
+    )
+
+
+async def test_nothing_is_logged_when_debug_is_off(
+    host_factory: HostFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    host = host_factory.make([Relay, Sink])
+    settled = Settled()
+    host.add_observer(settled)
+    await host_factory.start(host)
+    async with host.dispatcher() as dispatch:
+        await dispatch("web", "in", {})
+    await settled.wait_for(2)
+    assert lines(caplog) == []
