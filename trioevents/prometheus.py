@@ -185,6 +185,11 @@ class PrometheusMetrics(Observer):
         Where the metrics live; prometheus-client's default ``REGISTRY`` when
         ``None`` (what ``/metrics`` and ``prometheus_client.start_http_server``
         expose).
+
+    Attributes
+    ----------
+    registry
+        Where the metrics live.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
