@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from trioevents import Backoff, EventDispatcher, Properties, ServiceHost, event_handler
-from trioevents.otel import OpenTelemetryTracing
 
 from .support.brokers import publish
 from .support.recording import Recorder, Settled
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 pytest.importorskip("opentelemetry.sdk")
 
-import itertools
-
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -28,6 +26,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import SpanKind, StatusCode
+
+from trioevents.otel import OpenTelemetryTracing
 
 recorder = Recorder()
 
