@@ -10,7 +10,6 @@ import trio
 
 from trioevents import (
     ConfigurationError,
-    EventDispatcher,
     HostState,
     MemoryTransport,
     ServiceHost,
@@ -18,7 +17,7 @@ from trioevents import (
 )
 from trioevents.testing import FlakyTransport
 
-from .support import http
+from .support import http, relay
 from .support.recording import Settled
 from .support.tcpproxy import open_tcp_proxy
 
@@ -36,14 +35,7 @@ from trioevents.prometheus import PrometheusMetrics  # noqa: E402
 LOCAL = "127.0.0.1:0"
 
 
-class Relay:
-    name = "relay"
-    dispatch = EventDispatcher()
-
-    @event_handler("web", "in")
-    async def relay(self, payload: Any) -> None:
-        await self.dispatch("out", payload)
-
+class Relay(relay.Relay):
     @event_handler("web", "boom")
     async def boom(self, payload: Any) -> None:
         raise ValueError("boom")

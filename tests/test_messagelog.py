@@ -6,9 +6,10 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from trioevents import EventDispatcher, event_handler
+from trioevents import event_handler
 
 from .support.recording import Settled
+from .support.relay import Relay
 
 if TYPE_CHECKING:
     import pytest
@@ -16,15 +17,6 @@ if TYPE_CHECKING:
     from trioevents.testing import HostFactory
 
 LOGGER = "trioevents.messages"
-
-
-class Relay:
-    name = "relay"
-    dispatch = EventDispatcher()
-
-    @event_handler("web", "in")
-    async def relay(self, payload: Any) -> None:
-        await self.dispatch("out", payload)
 
 
 class Sink:
@@ -40,17 +32,22 @@ def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == LOGGER]
 
 
-async def test_each_event_is_one_debug_line(
-    host_factory: HostFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG, logger=LOGGER)
+async def relay_one(host_factory: HostFactory, payload: Any, **options: Any) -> None:
+    """Dispatch ``web.in`` through Relay to Sink; wait until both handled it."""
     host = host_factory.make([Relay, Sink])
     settled = Settled()
     host.add_observer(settled)
     await host_factory.start(host)
     async with host.dispatcher() as dispatch:
-        await dispatch("web", "in", {"fail": True}, message_id="m-1")
+        await dispatch("web", "in", payload, **options)
     await settled.wait_for(2)
+
+
+async def test_each_event_is_one_debug_line(
+    host_factory: HostFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    await relay_one(host_factory, {"fail": True}, message_id="m-1")
 
     call = r"(relay\.relay|sink\.take)\.[0-9a-f-]{36}"
     ms = r"\d+\.\d ms"
@@ -82,11 +79,5 @@ async def test_nothing_is_logged_when_debug_is_off(
     host_factory: HostFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    host = host_factory.make([Relay, Sink])
-    settled = Settled()
-    host.add_observer(settled)
-    await host_factory.start(host)
-    async with host.dispatcher() as dispatch:
-        await dispatch("web", "in", {})
-    await settled.wait_for(2)
+    await relay_one(host_factory, {})
     assert lines(caplog) == []

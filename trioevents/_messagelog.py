@@ -14,67 +14,70 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, TypeVar, final
 
-from ._observe import Observer
+from ._observe import DispatchedEvent, HandledEvent, Observer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from ._observe import DispatchedEvent, HandledEvent
+    from collections.abc import Callable, Iterator
+    from contextlib import _GeneratorContextManager
 
 __all__ = ["MessageLog"]
 
 logger = logging.getLogger("trioevents.messages")
+
+E = TypeVar("E", DispatchedEvent, HandledEvent)
 
 
 @final
 class MessageLog(Observer):
     """Log each dispatch and each handled delivery at DEBUG (``trioevents.messages``)."""
 
-    @contextlib.contextmanager
-    def dispatching(self, event: DispatchedEvent) -> Iterator[None]:
-        if not logger.isEnabledFor(logging.DEBUG):
-            yield
-            return
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            ctx = event.worker_ctx
-            logger.debug(
-                "dispatched %s.%s from %s: %s in %.1f ms (message_id=%s, call_id=%s)",
-                event.exchange.removesuffix(".events"),
-                event.event_type,
-                event.service or "a standalone dispatcher",
-                "confirmed" if event.error is None else f"failed: {event.error!r}",
-                (time.perf_counter() - start) * 1e3,
-                event.message_id,
-                None if ctx is None else ctx.call_id,
-            )
+    def dispatching(self, event: DispatchedEvent) -> _GeneratorContextManager[None]:
+        return _timed(_log_dispatched, event)
 
-    @contextlib.contextmanager
-    def handling(self, event: HandledEvent) -> Iterator[None]:
-        if not logger.isEnabledFor(logging.DEBUG):
-            yield
-            return
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            ctx = event.worker_ctx
-            outcome = "cancelled" if event.outcome is None else event.outcome.value
-            error = "" if event.error is None else f", error={event.error!r}"
-            logger.debug(
-                "handled %s.%s by %s: %s in %.1f ms "
-                "(message_id=%s, call_id=%s, attempt=%d%s)",
-                event.source_service,
-                event.event_type,
-                event.handler,
-                outcome,
-                (time.perf_counter() - start) * 1e3,
-                event.message_id,
-                None if ctx is None else ctx.call_id,
-                event.attempt,
-                error,
-            )
+    def handling(self, event: HandledEvent) -> _GeneratorContextManager[None]:
+        return _timed(_log_handled, event)
+
+
+@contextlib.contextmanager
+def _timed(log: Callable[[E, float], None], event: E) -> Iterator[None]:
+    """Time the block; then ``log(event, milliseconds)``, if DEBUG is on."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        log(event, (time.perf_counter() - start) * 1e3)
+
+
+def _log_dispatched(event: DispatchedEvent, ms: float) -> None:
+    ctx = event.worker_ctx
+    logger.debug(
+        "dispatched %s.%s from %s: %s in %.1f ms (message_id=%s, call_id=%s)",
+        event.exchange.removesuffix(".events"),
+        event.event_type,
+        event.service or "a standalone dispatcher",
+        "confirmed" if event.error is None else f"failed: {event.error!r}",
+        ms,
+        event.message_id,
+        None if ctx is None else ctx.call_id,
+    )
+
+
+def _log_handled(event: HandledEvent, ms: float) -> None:
+    ctx = event.worker_ctx
+    logger.debug(
+        "handled %s.%s by %s: %s in %.1f ms (message_id=%s, call_id=%s, attempt=%d%s)",
+        event.source_service,
+        event.event_type,
+        event.handler,
+        "cancelled" if event.outcome is None else event.outcome.value,
+        ms,
+        event.message_id,
+        None if ctx is None else ctx.call_id,
+        event.attempt,
+        "" if event.error is None else f", error={event.error!r}",
+    )
