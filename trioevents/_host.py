@@ -102,7 +102,8 @@ def default_connection_name(service_names: Sequence[str]) -> str:
     A host of no service (a standalone dispatcher) is ``trioevents@<hostname>:<pid>``.
     """
     services = ",".join(service_names)
-    return f"trioevents{':' if services else ''}{services}@{socket.gethostname()}:{os.getpid()}"
+    who = f"trioevents:{services}" if services else "trioevents"
+    return f"{who}@{socket.gethostname()}:{os.getpid()}"
 
 
 @final
@@ -336,7 +337,9 @@ class ServiceHost:
         Raises
         ------
         ConfigurationError
-            A service or handler is misconfigured (raised before started).
+            A service or handler is misconfigured, or ``HTTP_ADDRESS`` cannot be
+            served (the ``http`` extra is missing, the address is taken); raised
+            before started.
         BrokerUnavailable
             No connection could be made in ``CONNECT_ATTEMPTS`` tries.
         trio.BusyResourceError
