@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from ._observe import DispatchedEvent, HandledEvent, Observer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from contextlib import _GeneratorContextManager
+    from contextlib import AbstractContextManager
 
 __all__ = ["MessageLog"]
 
@@ -29,23 +29,34 @@ logger = logging.getLogger("trioevents.messages")
 E = TypeVar("E", DispatchedEvent, HandledEvent)
 
 
+#: What the hooks return while DEBUG is off: nothing to time, nothing to log.
+_QUIET: Final = contextlib.nullcontext()
+
+
 @final
 class MessageLog(Observer):
     """Log each dispatch and each handled delivery at DEBUG (``trioevents.messages``)."""
 
-    def dispatching(self, event: DispatchedEvent) -> _GeneratorContextManager[None]:
+    # Any context manager will do (the seam asks for no more): while DEBUG is
+    # off, a shared no-op one, the cheapest there is.
+    def dispatching(  # type: ignore[override]
+        self, event: DispatchedEvent
+    ) -> AbstractContextManager[None]:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return _QUIET
         return _timed(_log_dispatched, event)
 
-    def handling(self, event: HandledEvent) -> _GeneratorContextManager[None]:
+    def handling(  # type: ignore[override]
+        self, event: HandledEvent
+    ) -> AbstractContextManager[None]:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return _QUIET
         return _timed(_log_handled, event)
 
 
 @contextlib.contextmanager
 def _timed(log: Callable[[E, float], None], event: E) -> Iterator[None]:
-    """Time the block; then ``log(event, milliseconds)``, if DEBUG is on."""
-    if not logger.isEnabledFor(logging.DEBUG):
-        yield
-        return
+    """Time the block; then ``log(event, milliseconds)``."""
     start = time.perf_counter()
     try:
         yield
