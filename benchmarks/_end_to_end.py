@@ -8,6 +8,12 @@ confirm. The clock starts before the first dispatch and stops when the handler
 has seen the last event; the host is then stopped gracefully and the queue must
 be empty (every event acked).
 
+*observe* adds observers to the host (its dispatches and its handler): ``off``
+(the default: only the per-message log every host has, DEBUG off), ``bare`` (not
+even that, as before observers), ``metrics`` (``PrometheusMetrics`` on a
+registry of its own) or ``tracing`` (``OpenTelemetryTracing`` with the SDK's
+``TracerProvider`` and no exporter: spans made, recorded, dropped).
+
 Also reported: the CPU time per event of this process (``cpu_us``, user + system)
 and, for a RabbitMQ on this machine, of the broker (``broker_cpu_us``: all of
 ``beam.smp``, so whatever else the broker does at the time counts too).
@@ -44,6 +50,26 @@ def sink_service(source: str, on_event: Callable[[dict[str, Any]], None]) -> typ
     return Sink
 
 
+def add_observers(host: ServiceHost, observe: str) -> None:
+    """Give *host* the observers *observe* names (see the module's doc)."""
+    if observe == "bare":
+        host._observers.clear()  # the built-in per-message log too
+    elif observe == "metrics":
+        import prometheus_client
+
+        from trioevents.prometheus import PrometheusMetrics
+
+        PrometheusMetrics(prometheus_client.CollectorRegistry()).attach(host)
+    elif observe == "tracing":
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from trioevents.otel import OpenTelemetryTracing
+
+        host.add_observer(OpenTelemetryTracing(TracerProvider()))
+    elif observe != "off":
+        raise ValueError(f"unknown observe={observe!r}")
+
+
 def queue_of(source: str) -> str:
     """The queue of :func:`sink_service`'s handler."""
     return f"evt-{source}-{EVENT_TYPE}--sink.{EVENT_TYPE}"
@@ -56,15 +82,18 @@ async def serving(
     source: str,
     max_workers: int = 10,
     prefetch: int | None = None,
+    observe: str = "off",
 ) -> AsyncIterator[ServiceHost]:
     """Serve *service* while the body runs; then stop and check every event was acked.
 
-    *prefetch* ``None`` follows *max_workers*, as the host's default does.
+    *prefetch* ``None`` follows *max_workers*, as the host's default does;
+    *observe* is in the module's doc.
     """
     config: dict[str, Any] = {"AMQP_URI": uri, "max_workers": max_workers}
     if prefetch is not None:
         config["PREFETCH_COUNT"] = prefetch
     host = ServiceHost([service], config=config)
+    add_observers(host, observe)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(host.serve)
@@ -90,6 +119,7 @@ async def run(params: dict[str, Any]) -> dict[str, Any]:
     dispatchers: int = params.get("dispatchers", 1)
     max_workers: int = params.get("max_workers", 10)
     prefetch: int | None = params.get("prefetch")
+    observe: str = params.get("observe", "off")
     source = unique("bench")
     seen = 0
     dispatched = 0
@@ -107,7 +137,7 @@ async def run(params: dict[str, Any]) -> dict[str, Any]:
             done.set()
 
     async with serving(
-        uri, sink_service(source, on_event), source, max_workers, prefetch
+        uri, sink_service(source, on_event), source, max_workers, prefetch, observe
     ) as host:
         async with host.dispatcher() as dispatch:
             # One event first: declares the exchange, warms every path up.

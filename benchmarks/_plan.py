@@ -39,6 +39,9 @@ class Figure:
         the row label stands for *label*.
     full, quick
         Parameters per transport; a transport without an entry is not measured.
+    baseline
+        The key of the figure this one is compared with, run for run (the
+        overhead table): the same scenario with one thing changed.
     """
 
     key: str
@@ -47,6 +50,7 @@ class Figure:
     metrics: tuple[tuple[str, str, str], ...]
     full: dict[Transport, dict[str, Any]]
     quick: dict[Transport, dict[str, Any]]
+    baseline: str | None = None
 
     def params(self, transport: Transport, quick: bool) -> dict[str, Any] | None:
         """Return the scenario's parameters on *transport*, or None if not measured."""
@@ -127,6 +131,29 @@ FIGURES: Final[tuple[Figure, ...]] = (
         quick=_both(
             {"events": 10_000, "dispatchers": 10}, {"events": 5_000, "dispatchers": 10}
         ),
+        baseline="end_to_end_10_bare",  # the per-message log every host has
+    ),
+    *(
+        Figure(
+            f"end_to_end_10_{observe}",
+            f"end-to-end, 10 dispatchers, {label}",
+            "end_to_end",
+            _EVENTS,
+            full=_both(
+                {"events": 100_000, "dispatchers": 10, "observe": observe},
+                {"events": 30_000, "dispatchers": 10, "observe": observe},
+            ),
+            quick=_both(
+                {"events": 10_000, "dispatchers": 10, "observe": observe},
+                {"events": 5_000, "dispatchers": 10, "observe": observe},
+            ),
+            baseline=None if observe == "bare" else "end_to_end_10_bare",
+        )
+        for observe, label in (
+            ("bare", "no observer at all"),
+            ("metrics", "Prometheus metrics"),
+            ("tracing", "tracing (SDK, no exporter)"),
+        )
     ),
     Figure(
         "end_to_end_10_prefetch_200",

@@ -141,6 +141,8 @@ def render(results: dict[str, Any]) -> str:
         )
     lines.append("")
 
+    lines.extend(_overhead(results, figures, transports))
+
     for t in transports:
         entry = results["figures"].get("end_to_end_10", {}).get(t)
         if entry is None or entry.get("error"):
@@ -224,6 +226,55 @@ def render(results: dict[str, Any]) -> str:
         lines.append("FAILED:")
         lines.extend(f"  {f}" for f in failures)
     return "\n".join(lines)
+
+
+def paired_ratios(
+    results: dict[str, Any], figure: Figure, transport: Transport, metric: str
+) -> list[float]:
+    """*metric* of each run of *figure* over its baseline's run of the same round.
+
+    Runs go round-robin, so run *i* of both ran minutes apart at most: a ratio
+    per round cancels most of the machine's drift.
+    """
+    if figure.baseline is None:
+        return []
+    per = results["figures"]
+    entry = per.get(figure.key, {}).get(transport)
+    base = per.get(figure.baseline, {}).get(transport)
+    if not entry or not base or entry.get("error") or base.get("error"):
+        return []
+    return [
+        run[metric] / other[metric]
+        for run, other in zip(entry["runs"], base["runs"], strict=False)
+        if run.get(metric) and other.get(metric)
+    ]
+
+
+def _overhead(
+    results: dict[str, Any], figures: list[Figure], transports: list[Transport]
+) -> list[str]:
+    """The overhead table: each figure against its baseline, run for run."""
+    compared = [f for f in figures if f.baseline in results["figures"]]
+    if not compared:
+        return []
+    rows = [
+        [
+            "overhead: median (min-max) of paired ratios",
+            *(TRANSPORT_LABELS[t] for t in transports),
+        ]
+    ]
+    for figure in compared:
+        for metric, what in (("rate", "events/s"), ("cpu_us", "CPU per event")):
+            cells = []
+            for t in transports:
+                ratios = paired_ratios(results, figure, t, metric)
+                cells.append(
+                    f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                    if ratios
+                    else NOT_MEASURED
+                )
+            rows.append([f"{figure.label}, {what}", *cells])
+    return ["", *_table(rows), "(against the figure with no observer at all)", ""]
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

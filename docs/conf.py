@@ -30,6 +30,9 @@ nitpick_ignore_regex = [
     ),
     ("py:.*", r"(os|pathlib|logging|yaml|BaseException)\..*"),
     ("py:.*", r"unittest\..*"),  # worker_factory's mocks
+    # the extras' packages (trioevents.otel, trioevents.prometheus)
+    ("py:.*", r"(opentelemetry|prometheus_client)\..*"),
+    ("py:.*", r"(trace\.)?(TracerProvider|TextMapPropagator|CollectorRegistry)"),
     ("py:.*", r"trioevents\._\w+\.[A-Z]"),  # TypeVars of private modules
     ("py:.*", r"(StandaloneDispatch|MemoryConnection|masked_uri|TRANSPORT_CHECKS)"),
     # internals of the RabbitMQ transport that its public classes' docs name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import decimal
+import importlib.util
 import io
 import json
 import os
@@ -23,6 +24,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from typing import IO, TYPE_CHECKING, Any
 
@@ -285,6 +287,53 @@ def test_run_on_rabbitmq_shows_no_banner(
     assert "EMBEDDED BROKER" not in run.output
     assert "running worker on amqp://guest:****@127.0.0.1:1/" in run.output
     assert "s3cret" not in run.output
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hypercorn") is None, reason="needs the 'http' extra"
+)
+def test_run_http_serves_probes_and_metrics(processes: list[Process]) -> None:
+    """``run --http``: the operator endpoint answers while the services run."""
+    shop = start(
+        processes, [_command(), "run", "examples.shop", "--http", "127.0.0.1:0"]
+    )
+    line = shop.expect("operator endpoint on http://")
+    shop.expect("press Ctrl-C to stop")
+    found = re.search(r"operator endpoint on (http://\S+):\s", line)
+    assert found is not None, line
+    base = found[1]
+    with urllib.request.urlopen(base + "/readyz", timeout=WAIT) as ready:
+        assert (ready.status, ready.read()) == (200, b"serving\n")
+    shop.expect("notifications: charged 1 handled")
+    with urllib.request.urlopen(base + "/metrics", timeout=WAIT) as metrics:
+        text = metrics.read().decode()
+    assert 'trioevents_events_handled_total{handler="billing.charge"' in text
+    shop.signal(signal.SIGTERM)
+    assert shop.wait() == 0
+
+
+def test_run_without_the_http_extra_says_which_to_install(
+    processes: list[Process], tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(HIDE_HYPERCORN)
+    pythonpath = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    shop = start(
+        processes,
+        [_command(), "run", "examples.shop", "--http", ":9100"],
+        PYTHONPATH=pythonpath,
+    )
+    assert shop.wait() == 1
+    assert (
+        "trioevents: error: HTTP_ADDRESS needs the 'http' extra: pip install "
+        "'trioevents[http]'" in shop.output
+    )
+
+
+#: Makes hypercorn impossible to import, as if the extra were not installed.
+HIDE_HYPERCORN = """
+import sys
+sys.modules["hypercorn"] = None
+"""
 
 
 # A module that takes as long to import as the test wants: it waits for a file.

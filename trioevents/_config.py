@@ -32,6 +32,8 @@ config key                attribute                 default
 ``QUEUE_TYPE``            ``queue_type``            ``"classic"`` (or ``"quorum"``)
 ``QUORUM_DELIVERY_LIMIT`` ``quorum_delivery_limit`` ``20`` redeliveries
 ``FAILOVER_STRATEGY``     ``failover_strategy``     ``"round-robin"`` (or ``"shuffle"``)
+``HTTP_ADDRESS``          ``http_address``          ``None`` (no operator HTTP endpoint)
+``CONNECTION_NAME``       ``connection_name``       ``None`` (``trioevents:<services>@<host>:<pid>``)
 ========================  ========================  =======================================
 
 ``AMQP_URI`` may name several RabbitMQ nodes, as kombu's failover form
@@ -74,6 +76,7 @@ from ._configfile import (
     yaml_layer,
 )
 from ._exceptions import ConfigurationError
+from ._http import parse_http_address
 from ._uri import broker_uri_text, masked_uri, parse_broker_uri
 
 if TYPE_CHECKING:
@@ -297,6 +300,21 @@ def _check_queue_type(value: Any) -> str | None:
     return "'classic' or 'quorum'"
 
 
+def _check_http_address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parse_http_address(value)  # a ConfigurationError saying what is wrong
+        return None
+    return 'null or "[HOST]:PORT", such as ":9100" or "127.0.0.1:9100"'
+
+
+def _check_connection_name(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip()):
+        return None
+    return "null or a non-empty string"
+
+
 def _is_str_mapping(value: object) -> bool:
     return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
 
@@ -437,6 +455,15 @@ class Config(Mapping[str, Any]):
         tried: ``"round-robin"`` (kombu's default: the first that answers, and
         after a loss the ones after it) or ``"shuffle"`` (a random order each
         round). See :ref:`failover`.
+    http_address
+        ``HTTP_ADDRESS``: where the host serves ``/healthz``, ``/readyz`` and
+        ``/metrics`` for operators, ``"[HOST]:PORT"`` (``":9100"`` listens on
+        every interface, ``"127.0.0.1:9100"`` on one); ``None`` serves nothing.
+        Needs the ``http`` extra (see :doc:`operating`).
+    connection_name
+        ``CONNECTION_NAME``: the name RabbitMQ shows for the host's connections
+        (the ``connection_name`` client property); ``None`` names them
+        ``trioevents:<services>@<hostname>:<pid>``.
     extra
         Every other key, as given: application settings (nameko services keep
         theirs in the same file) and nameko keys trioevents does not use.
@@ -464,6 +491,8 @@ class Config(Mapping[str, Any]):
     failover_strategy: Literal["round-robin", "shuffle"] = _field(
         "round-robin", _check_failover_strategy
     )
+    http_address: str | None = _field(None, _check_http_address)
+    connection_name: str | None = _field(None, _check_connection_name)
     extra: Mapping[str, Any] = _mapping_field(dict)
 
     def __attrs_post_init__(self) -> None:
@@ -726,6 +755,8 @@ _ATTRIBUTE_TO_KEY: dict[str, str] = {
     "queue_type": "QUEUE_TYPE",
     "quorum_delivery_limit": "QUORUM_DELIVERY_LIMIT",
     "failover_strategy": "FAILOVER_STRATEGY",
+    "http_address": "HTTP_ADDRESS",
+    "connection_name": "CONNECTION_NAME",
 }
 #: nameko key -> attribute: the keys a :class:`Config` mapping holds.
 _ATTRIBUTE_BY_KEY: dict[str, str] = {
@@ -738,7 +769,9 @@ _KEY_TO_ATTRIBUTE: dict[str, str] = {
     "PARENT_CALLS_TRACKED": "parent_calls_tracked",
 }
 #: Keys whose value an environment variable gives as it is, never read as YAML.
-_TEXT_KEYS: Final = frozenset({"AMQP_URI", "serializer"})
+_TEXT_KEYS: Final = frozenset(
+    {"AMQP_URI", "serializer", "HTTP_ADDRESS", "CONNECTION_NAME"}
+)
 # Keys nameko (2.x) reads that trioevents has no use for.
 _NAMEKO_UNUSED_KEYS = frozenset(
     {

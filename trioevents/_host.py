@@ -17,8 +17,11 @@ cancelled and their messages go back to the queue, never acked.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
+import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, final
 
@@ -31,7 +34,9 @@ from ._events._topology import event_exchange_name
 from ._exceptions import ConfigurationError
 from ._extensions import ConnectionContext
 from ._groups import unwrap_lone_exception
+from ._http import check_http_extra, operator_app, serve_operator_http
 from ._memory import MemoryTransport
+from ._messagelog import WithMessageLog
 from ._observe import HostState, notify_state
 from ._publisher import Publisher, check_publish_options
 from ._service import ServiceBinding, service_name_of
@@ -51,7 +56,9 @@ __all__ = ["ServiceHost", "transport_for_uri"]
 logger = logging.getLogger("trioevents.host")
 
 
-def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
+def transport_for_uri(
+    uri: str, config: Config | None = None, *, connection_name: str | None = None
+) -> abc.Transport:
     """Return the transport for an ``AMQP_URI``.
 
     ``memory://NAME`` is the embedded broker of that name; ``amqp://`` and
@@ -64,6 +71,9 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
         The broker's URI.
     config
         The host's configuration; defaults apply when ``None``.
+    connection_name
+        What RabbitMQ shows for the connections (the ``connection_name``
+        client property); ``None`` sends none.
 
     Raises
     ------
@@ -81,7 +91,20 @@ def transport_for_uri(uri: str, config: Config | None = None) -> abc.Transport:
         ssl_options=config.amqp_ssl,
         max_message_size=config.max_message_size,
         failover_strategy=config.failover_strategy,
+        client_properties=(
+            None if connection_name is None else {"connection_name": connection_name}
+        ),
     )
+
+
+def default_connection_name(service_names: Sequence[str]) -> str:
+    """``trioevents:<services>@<hostname>:<pid>``: who is who in RabbitMQ's UI.
+
+    A host of no service (a standalone dispatcher) is ``trioevents@<hostname>:<pid>``.
+    """
+    services = ",".join(service_names)
+    who = f"trioevents:{services}" if services else "trioevents"
+    return f"{who}@{socket.gethostname()}:{os.getpid()}"
 
 
 @final
@@ -93,6 +116,8 @@ class _Serving:
         self.publisher = publisher
         self.stop_requested = trio.Event()
         self.stopped = trio.Event()
+        #: The operator endpoint's URL once it listens (``HTTP_ADDRESS``).
+        self.http_url: str | None = None
 
 
 @final
@@ -113,6 +138,8 @@ class ServiceHost:
     observers
         :class:`~trioevents.Observer` objects told about every dispatch, every
         handled delivery and every change of :attr:`state` (metrics, tracing).
+        Every host also logs each of them at DEBUG (logger
+        ``trioevents.messages``).
 
     Examples
     --------
@@ -144,6 +171,9 @@ class ServiceHost:
         self._serving: _Serving | None = None
         self._worker_hooks: list[WorkerHook] = []
         self._observers: list[Observer] = list(observers)
+        #: What the publisher and services tell: the observers, and the
+        #: per-message log while it logs.
+        self._told = WithMessageLog(self._observers)
         self._state = HostState.STOPPED
         self._state_changed = trio.Event()
         #: service name -> attribute -> provider (see replace_dependency).
@@ -157,8 +187,33 @@ class ServiceHost:
     def transport(self) -> abc.Transport:
         """The transport ``AMQP_URI`` selects."""
         if self._transport is None:
-            self._transport = transport_for_uri(self.config.amqp_uri, self.config)
+            self._transport = transport_for_uri(
+                self.config.amqp_uri,
+                self.config,
+                connection_name=self.connection_name,
+            )
         return self._transport
+
+    @property
+    def connection_name(self) -> str:
+        """The name RabbitMQ shows for this host's connections.
+
+        ``CONNECTION_NAME``, else ``trioevents:<services>@<hostname>:<pid>``.
+        """
+        if self.config.connection_name is not None:
+            return self.config.connection_name
+        return default_connection_name([service_name_of(s) for s in self.services])
+
+    @property
+    def http_url(self) -> str | None:
+        """The URL of the operator HTTP endpoint (``HTTP_ADDRESS``) while it listens.
+
+        Such as ``http://0.0.0.0:9100``: ``/healthz``, ``/readyz`` and
+        ``/metrics`` are under it (see :doc:`operating`). ``None`` when
+        ``HTTP_ADDRESS`` is not set or the host is not serving.
+        """
+        serving = self._serving
+        return None if serving is None else serving.http_url
 
     @property
     def serving(self) -> bool:
@@ -267,7 +322,7 @@ class ServiceHost:
                     publisher=publisher,
                     worker_hooks=self._worker_hooks,
                     replacements=self._replacements.get(name),
-                    observers=self._observers,
+                    observers=self._told,
                 )
             )
         return bindings
@@ -286,7 +341,9 @@ class ServiceHost:
         Raises
         ------
         ConfigurationError
-            A service or handler is misconfigured (raised before started).
+            A service or handler is misconfigured, or ``HTTP_ADDRESS`` cannot be
+            served (the ``http`` extra is missing, the address is taken); raised
+            before started.
         BrokerUnavailable
             No connection could be made in ``CONNECT_ATTEMPTS`` tries.
         trio.BusyResourceError
@@ -294,19 +351,42 @@ class ServiceHost:
         """
         if self._serving is not None:
             raise trio.BusyResourceError("this ServiceHost is already serving")
-        publisher = Publisher(self.config, self._codec, self._observers)
+        if self.config.http_address is not None:
+            check_http_extra()
+        publisher = Publisher(self.config, self._codec, self._told)
         serving = _Serving(self._bind(publisher), publisher)
         transport = self.transport
         self._serving = serving
         self._set_state(HostState.CONNECTING)
         try:
             with unwrap_lone_exception():
-                await self._serve(transport, serving, task_status)
+                async with self._operator_endpoint(serving):
+                    await self._serve(transport, serving, task_status)
         finally:
             publisher.close()
             self._serving = None
             serving.stopped.set()
             self._set_state(HostState.STOPPED)
+
+    @asynccontextmanager
+    async def _operator_endpoint(self, serving: _Serving) -> AsyncIterator[None]:
+        """Serve ``HTTP_ADDRESS`` (health, readiness, metrics) around the block."""
+        address = self.config.http_address
+        if address is None:
+            yield
+            return
+        app = operator_app(self, self._observers)
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            serving.http_url = await nursery.start(
+                functools.partial(serve_operator_http, app, address, shutdown=shutdown)
+            )
+            logger.info(
+                "operator endpoint on %s: /healthz, /readyz, /metrics",
+                serving.http_url,
+            )
+            yield
+            shutdown.set()
 
     async def _serve(
         self,
@@ -438,7 +518,7 @@ class ServiceHost:
             On entering: no connection could be made in ``CONNECT_ATTEMPTS``
             tries.
         """
-        publisher = Publisher(self.config, self._codec, self._observers)
+        publisher = Publisher(self.config, self._codec, self._told)
         keeper = ConnectionKeeper(
             self.transport,
             self.config,

@@ -2,7 +2,7 @@
 
 ::
 
-    trioevents run MODULE[:Class] ... [--config FILE] [--broker URI]
+    trioevents run MODULE[:Class] ... [--config FILE] [--broker URI] [--http ADDRESS]
     trioevents dispatch SERVICE EVENT_TYPE [JSON | -] [--config FILE] [--broker URI]
     trioevents show-config [--config FILE] [--broker URI]
     trioevents asyncapi MODULE[:Class] ... [-o FILE] [--format yaml|json]
@@ -11,7 +11,7 @@
     trioevents dlq purge QUEUE --yes [--broker URI]
 
 The configuration is the defaults, then ``--config``, then ``TRIOEVENTS_<KEY>``
-environment variables, then ``--broker`` (each over the one before).
+environment variables, then ``--broker`` and ``--http`` (each over the one before).
 
 ``run`` imports the services (a module means every service class it defines or
 re-exports), builds one :class:`~trioevents.ServiceHost` and serves until SIGTERM
@@ -132,6 +132,13 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="MODULE[:Class]",
         help="a module (every service class it defines or re-exports) or module:Class",
+    )
+    run.add_argument(
+        "--http",
+        metavar="ADDRESS",
+        help="serve /healthz, /readyz and /metrics on [HOST]:PORT (':9100': every "
+        "interface), overriding HTTP_ADDRESS; needs the 'http' extra: pip install "
+        "'trioevents[http]'",
     )
 
     dispatch = commands.add_parser(
@@ -299,7 +306,11 @@ def _logging(level: str) -> Iterator[logging.Handler]:
 
 def _load_config(args: argparse.Namespace, handler: logging.Handler) -> LoadedConfig:
     """Read ``--config``, the environment and ``--broker``; apply ``LOGGING``."""
-    flags = Layer("--broker", {} if args.broker is None else {"AMQP_URI": args.broker})
+    given = {"--broker": ("AMQP_URI", args.broker)}
+    given["--http"] = ("HTTP_ADDRESS", getattr(args, "http", None))  # run only
+    values = {key: value for key, value in given.values() if value is not None}
+    flag_of = {key: flag for flag, (key, value) in given.items() if value is not None}
+    flags = Layer(", ".join(flag_of.values()) or "--broker", values, flag_of)
     loaded = Config._load(args.config, flags=flags)
     config = loaded.config
     if config.logging_config is not None:

@@ -225,6 +225,52 @@ async def test_nameko_and_trioevents_exchange_events_both_ways(
         await host.stop()
 
 
+async def test_traced_events_still_cross_both_ways(
+    nameko_python: pathlib.Path, rabbit_vhost: str
+) -> None:
+    """With tracing on, our events carry ``traceparent``: nameko ignores it and
+    answers, and its answer (which carries no trace context) starts a trace of
+    its own here."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        InMemorySpanExporter,
+    )
+
+    from trioevents.otel import OpenTelemetryTracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    host = ServiceHost(
+        [TrioOrders, TrioAudit],
+        {"AMQP_URI": rabbit_vhost},
+        observers=[OpenTelemetryTracing(provider)],
+    )
+    async with nameko_side(nameko_python, rabbit_vhost), trio.open_nursery() as nursery:
+        await nursery.start(host.serve)
+        with trio.fail_after(60):
+            async with entrypoint_waiter(host, "trio_audit", "on_seen") as waited:
+                async with host.dispatcher() as dispatch:
+                    await dispatch("test_driver", "place", PAYLOAD)
+        assert waited.get()["echo"] == PAYLOAD
+        await host.stop()
+
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert sorted(spans) == [
+        "process nameko_billing.events",
+        "process test_driver.events",
+        "publish test_driver.events",
+        "publish trio_orders.events",
+    ]
+    ours = spans["publish trio_orders.events"]
+    placed = spans["process test_driver.events"]
+    assert ours.parent is not None
+    assert ours.parent.span_id == placed.context.span_id
+    assert spans["process nameko_billing.events"].parent is None
+
+
 # ------------------------------------------------- one pytest session, two plugins
 
 BOTH_PLUGINS_TESTS = """

@@ -15,12 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trioevents import DependencyProvider, EventHandler, WorkerContext, event_handler
+from trioevents import (
+    DependencyProvider,
+    EventHandler,
+    Observer,
+    WorkerContext,
+    event_handler,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     import pytest
+
+    from trioevents import HandledEvent
 
 
 class Recorder:
@@ -189,3 +197,32 @@ def holding_service(
             await gate.pass_through()
 
     return Service
+
+
+class Settled(Observer):
+    """Counts handled deliveries once their ``handling`` context has exited.
+
+    Add it to a host *before* the observer under test: contexts exit in reverse
+    order, so when this one counts a delivery, the others are done with it
+    (its span ended, its metrics counted).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[HandledEvent] = []
+        self._changed = trio.Event()
+
+    @contextlib.contextmanager
+    def handling(self, event: HandledEvent) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.events.append(event)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, count: int, within: float = 30) -> list[HandledEvent]:
+        """Wait until *count* deliveries were handled (*within*: a generous guard)."""
+        with trio.fail_after(within):
+            while len(self.events) < count:
+                await self._changed.wait()
+        return self.events
