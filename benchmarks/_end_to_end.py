@@ -9,8 +9,8 @@ has seen the last event; the host is then stopped gracefully and the queue must
 be empty (every event acked).
 
 *observe* adds observers to the host (its dispatches and its handler): ``off``
-(the default: only the per-message log every host has, DEBUG off), ``bare`` (not
-even that, as before observers), ``metrics`` (``PrometheusMetrics`` on a
+(the default: none; the per-message log joins only while it logs DEBUG),
+``metrics`` (``PrometheusMetrics`` on a
 registry of its own) or ``tracing`` (``OpenTelemetryTracing`` with the SDK's
 ``TracerProvider`` and no exporter: spans made, recorded, dropped).
 
@@ -52,9 +52,7 @@ def sink_service(source: str, on_event: Callable[[dict[str, Any]], None]) -> typ
 
 def add_observers(host: ServiceHost, observe: str) -> None:
     """Give *host* the observers *observe* names (see the module's doc)."""
-    if observe == "bare":
-        host._observers.clear()  # the built-in per-message log too
-    elif observe == "metrics":
+    if observe == "metrics":
         import prometheus_client
 
         from trioevents.prometheus import PrometheusMetrics

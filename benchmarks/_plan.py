@@ -131,7 +131,6 @@ FIGURES: Final[tuple[Figure, ...]] = (
         quick=_both(
             {"events": 10_000, "dispatchers": 10}, {"events": 5_000, "dispatchers": 10}
         ),
-        baseline="end_to_end_10_bare",  # the per-message log every host has
     ),
     *(
         Figure(
@@ -147,10 +146,9 @@ FIGURES: Final[tuple[Figure, ...]] = (
                 {"events": 10_000, "dispatchers": 10, "observe": observe},
                 {"events": 5_000, "dispatchers": 10, "observe": observe},
             ),
-            baseline=None if observe == "bare" else "end_to_end_10_bare",
+            baseline="end_to_end_10",
         )
         for observe, label in (
-            ("bare", "no observer at all"),
             ("metrics", "Prometheus metrics"),
             ("tracing", "tracing (SDK, no exporter)"),
         )
