@@ -19,8 +19,9 @@ from trioevents import (
     WorkerContext,
     event_handler,
 )
-from trioevents._config import _env_var_loader, expand_env_vars, is_secret_key
+from trioevents._config import _env_var_loader, expand_env_vars
 from trioevents._configfile import Layer
+from trioevents._secrets import is_secret_key
 from trioevents._uri import parse_broker_uri
 
 from .support.detonator import detonations, yaml_document
